@@ -1,0 +1,31 @@
+# `make test` and `make demo` work on a fresh machine: they create .venv and install pinned versions.
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: test demo lint ops-table clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check neutron_backend tests bench
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/neutron demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check neutron_backend tests bench
+
+ops-table: $(STAMP)
+	$(PY) -m neutron_backend.ops.support_table > docs/op-support.csv
+
+clean:
+	rm -rf $(VENV) build *.egg-info
