@@ -1,0 +1,152 @@
+"""The Neutron targets we know, with the source of every number.
+
+When NXP's converter is installed, `getNeutronTarget` from it wins over this table (see `get_target`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from dataclasses import dataclass, replace
+
+logger = logging.getLogger(__name__)
+
+
+class UnknownTargetError(ValueError):
+    """Raised for a target name not in the table."""
+
+
+@dataclass(frozen=True)
+class NeutronTarget:
+    """One Neutron NPU configuration.
+
+    `num_macs` is the channel granularity of one pipe (channel divisibility, the conv weight-size limit);
+    `num_pipes` x `num_macs` is the MACs per cycle.
+    """
+
+    name: str
+    npu: str
+    neutron_kind: str
+    hw_version: str
+    num_macs: int
+    num_pipes: int
+    subsystem: bool
+    npu_clock_hz: float
+    cpu: str
+    cpu_clock_hz: float
+    sram_bytes: int | None
+    assumptions: tuple[str, ...] = ()
+    source: str = "built-in table"
+
+    @property
+    def macs_per_cycle(self) -> int:
+        return self.num_macs * self.num_pipes
+
+
+_BUILTIN: dict[str, NeutronTarget] = {
+    # i.MX RT700: eIQ Neutron N3-64, 8 pipes x 8 MACs (NXP i.MX RT700 product brief and fact sheet);
+    # Cortex-M33 at up to 325 MHz (same source); > 7.5 MB SRAM (same source).
+    "imxrt700": NeutronTarget(
+        name="imxrt700",
+        npu="eIQ Neutron N3-64",
+        neutron_kind="Neutron-C",
+        hw_version="N3",
+        num_macs=8,
+        num_pipes=8,
+        subsystem=False,
+        npu_clock_hz=325e6,
+        cpu="Cortex-M33",
+        cpu_clock_hz=325e6,
+        sram_bytes=7_500_000,
+        assumptions=("NPU clock equal to the 325 MHz Cortex-M33 clock (no public NPU clock figure)",),
+    ),
+    # MCX N94x (N947/N547): eIQ Neutron N1-16, 16 MACs/cycle at 150 MHz = 4.8 GOPS, 512 KB SRAM
+    # (NXP MCX N94x/N54x data sheet and product page).
+    "mcxn94x": NeutronTarget(
+        name="mcxn94x",
+        npu="eIQ Neutron N1-16",
+        neutron_kind="Neutron-C",
+        hw_version="N1",
+        num_macs=8,
+        num_pipes=2,
+        subsystem=False,
+        npu_clock_hz=150e6,
+        cpu="Cortex-M33",
+        cpu_clock_hz=150e6,
+        sram_bytes=512 * 1024,
+        assumptions=(
+            "num_macs = 8 per pipe (pipe split not public); num_pipes = 16 / 8 = 2 derived from the total",
+        ),
+    ),
+    # i.MX 95: eIQ Neutron-S, subsystem with a RISC-V controller and a DMA data mover (NXP i.MX 95 fact sheet);
+    # ~1024 MACs/cycle derived from 2 TOPS at ~1 GHz; TCM size not public.
+    "imx95": NeutronTarget(
+        name="imx95",
+        npu="eIQ Neutron-S",
+        neutron_kind="Neutron-S",
+        hw_version="S",
+        num_macs=8,
+        num_pipes=128,
+        subsystem=True,
+        npu_clock_hz=1e9,
+        cpu="Cortex-A55",
+        cpu_clock_hz=1.8e9,
+        sram_bytes=None,
+        assumptions=(
+            "num_macs = 8 per pipe (pipe split not public); num_pipes = 1024 / 8 = 128 derived",
+            "1024 MACs/cycle derived from 2 TOPS at ~1 GHz",
+            "NPU clock ~1 GHz",
+        ),
+    ),
+}
+
+
+def list_targets() -> list[str]:
+    """Names of the built-in targets, in table order."""
+    return list(_BUILTIN)
+
+
+def _closest(name: str, choices: list[str]) -> list[str]:
+    return difflib.get_close_matches(name.lower(), choices, n=3, cutoff=0.4)
+
+
+def _from_sdk(target: NeutronTarget, converter_module: str | None) -> NeutronTarget:
+    """Overrides the table's numbers with the SDK's `getNeutronTarget` when the converter is importable."""
+    if converter_module is None:
+        return target
+    try:
+        module = importlib.import_module(converter_module)
+        sdk = module.getNeutronTarget(target.name)
+    except Exception as error:  # noqa: BLE001 - a broken SDK must not stop partitioning; the table stands
+        logger.debug("getNeutronTarget(%r) unavailable from %s: %s", target.name, converter_module, error)
+        return target
+    npu = getattr(sdk, "npu", sdk)
+    try:
+        return replace(
+            target,
+            num_macs=int(npu.numMacs),
+            num_pipes=int(npu.numPipes),
+            subsystem=bool(getattr(npu, "subsystem", target.subsystem)),
+            source=f"{converter_module}.getNeutronTarget",
+        )
+    except (AttributeError, TypeError, ValueError) as error:
+        logger.warning("Ignoring malformed getNeutronTarget(%r) from %s: %s", target.name, converter_module, error)
+        return target
+
+
+def get_target(name: str, converter_module: str | None = None) -> NeutronTarget:
+    """The target called `name` (case-insensitive).
+
+    Raises UnknownTargetError listing the valid names and the closest match.
+    """
+    if not isinstance(name, str):
+        raise UnknownTargetError(
+            f"target must be a string, got {type(name).__name__} {name!r}; valid targets: {list_targets()}"
+        )
+    key = name.strip().lower().replace("-", "").replace("_", "").replace(".", "")
+    if key not in _BUILTIN:
+        close = _closest(key, list_targets())
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise UnknownTargetError(f"unknown Neutron target {name!r}; valid targets: {list_targets()}.{hint}")
+    return _from_sdk(_BUILTIN[key], converter_module)
