@@ -1,0 +1,252 @@
+"""Which ATen ops the Neutron quantizer annotates, and how: one table, `PATTERNS`.
+
+Each entry maps an op target of the exported (pre-dispatch ATen) graph to an annotation kind. A kind
+annotates one anchor node so that after `convert_pt2e` it is a QDQ cluster: its tensor inputs come from
+dequantize and its output goes to quantize. Ops not in the table are left in float.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch.fx import Node
+from torchao.quantization.pt2e.quantizer import (
+    DerivedQuantizationSpec,
+    QuantizationAnnotation,
+    QuantizationSpecBase,
+    SharedQuantizationSpec,
+)
+from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+from neutron_backend.quantizer.config import (
+    BIAS_QMAX,
+    BIAS_QMIN,
+    SOFTMAX_SCALE,
+    SOFTMAX_ZERO_POINT,
+    NeutronQuantizationConfig,
+    fixed_qparams_spec,
+)
+
+aten = torch.ops.aten
+
+# Resolves the configuration a node is quantized with (None: left in float).
+ConfigOf = Callable[[Node], NeutronQuantizationConfig | None]
+
+
+def is_float_tensor(arg: object) -> bool:
+    """Returns whether `arg` is a graph node producing a float32 tensor, the only values we quantize.
+
+    Integer tensors (indices), float64 tensors and shapes (SymInt nodes) are never quantized.
+    """
+    if not isinstance(arg, Node):
+        return False
+    val = arg.meta.get("val")
+    return isinstance(val, torch.Tensor) and val.dtype == torch.float32
+
+
+def is_annotated(node: Node) -> bool:
+    """Returns whether a quantizer has already claimed `node`."""
+    annotation = node.meta.get(Q_ANNOTATION_KEY)
+    return annotation is not None and annotation._annotated
+
+
+def _set_annotation(
+    node: Node,
+    input_qspec_map: dict[Node, QuantizationSpecBase | None] | None = None,
+    output_qspec: QuantizationSpecBase | None = None,
+) -> None:
+    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+        input_qspec_map=input_qspec_map or {}, output_qspec=output_qspec, _annotated=True
+    )
+
+
+def _hardtanh_bounds(node: Node) -> tuple[float, float]:
+    min_val = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
+    max_val = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
+    return float(min_val), float(max_val)
+
+
+# Clamp bounds the NPU runs as an activation function (RELU6, RELU_N1_TO_1, RELU_0_TO_1): their output
+# range is independent of the input's. Other bounds only clip, so the output keeps the input's qparams.
+_ACTIVATION_BOUNDS = frozenset({(0.0, 6.0), (-1.0, 1.0), (0.0, 1.0)})
+
+
+def _is_fusable_activation(node: Node) -> bool:
+    """Returns whether `node` is a ReLU or ReLU6 form, which a conv/linear runs fused (no requantization)."""
+    if node.target in (aten.relu.default, aten.relu_.default, aten.relu6.default):
+        return True
+    is_hardtanh = node.target in (aten.hardtanh.default, aten.hardtanh_.default)
+    return is_hardtanh and _hardtanh_bounds(node) == (0.0, 6.0)
+
+
+def _is_batch_norm(node: Node) -> bool:
+    # Only seen in QAT graphs: prepare_pt2e folds batchnorm into the conv before annotation, while
+    # prepare_qat_pt2e fuses conv+batchnorm after annotation, keeping the conv's input and the batchnorm's
+    # output annotations.
+    return node.target == aten.batch_norm.default
+
+
+# What may follow a conv/linear inside its cluster, in order; each step is optional.
+_FUSED_TAIL_STEPS: tuple[Callable[[Node], bool], ...] = (_is_batch_norm, _is_fusable_activation)
+
+
+def _fused_tail(anchor: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> list[Node]:
+    """Returns the nodes fused after `anchor` (batchnorm, activation), each the single user of the previous
+    one and quantized with the same configuration."""
+    tail: list[Node] = []
+    current = anchor
+    for step in _FUSED_TAIL_STEPS:
+        users = list(current.users)
+        if len(users) != 1:
+            break
+        candidate = users[0]
+        if (
+            candidate.op == "call_function"
+            and step(candidate)
+            and not is_annotated(candidate)
+            and is_float_tensor(candidate)
+            and config_of(candidate) == config
+        ):
+            tail.append(candidate)
+            current = candidate
+    return tail
+
+
+def _derive_bias_qparams(obs_or_fqs: list) -> tuple[torch.Tensor, torch.Tensor]:
+    """Returns the bias scale s_in * s_w (per channel when the weight is per-channel) and zero points 0."""
+    act, weight = obs_or_fqs
+    act_scale, _ = act.calculate_qparams()
+    weight_scale, _ = weight.calculate_qparams()
+    scale = (act_scale * weight_scale).to(torch.float32)
+    return scale, torch.zeros_like(scale, dtype=torch.int32)
+
+
+@dataclass(frozen=True)
+class Weighted:
+    """conv/linear: input activation, weight, int32 bias derived as s_in * s_w; the output is quantized
+    after the fused batchnorm/activation tail."""
+
+    per_channel: bool
+
+    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
+        x, weight = node.args[0], node.args[1]
+        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+        if not (is_float_tensor(x) and is_float_tensor(weight) and is_float_tensor(node)):
+            return False
+        weight_spec = config.conv_weight if self.per_channel else config.linear_weight
+        input_map: dict[Node, QuantizationSpecBase | None] = {x: config.activation, weight: weight_spec}
+        if is_float_tensor(bias):
+            input_map[bias] = DerivedQuantizationSpec(
+                derived_from=[(x, node), (weight, node)],
+                derive_qparams_fn=_derive_bias_qparams,
+                dtype=torch.int32,
+                quant_min=BIAS_QMIN,
+                quant_max=BIAS_QMAX,
+                qscheme=torch.per_channel_symmetric if self.per_channel else torch.per_tensor_symmetric,
+                ch_axis=0 if self.per_channel else None,
+            )
+        tail = _fused_tail(node, config, config_of)
+        if not tail:
+            _set_annotation(node, input_map, config.activation)
+            return True
+        _set_annotation(node, input_map)
+        for inner in tail[:-1]:
+            _set_annotation(inner)
+        _set_annotation(tail[-1], output_qspec=config.activation)
+        return True
+
+
+@dataclass(frozen=True)
+class Independent:
+    """add, standalone relu/relu6: every tensor input and the output observed on their own."""
+
+    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
+        inputs = [arg for arg in node.args if isinstance(arg, Node)]
+        if not inputs or not all(is_float_tensor(arg) for arg in inputs) or not is_float_tensor(node):
+            return False
+        _set_annotation(node, dict.fromkeys(inputs, config.activation), config.activation)
+        return True
+
+
+@dataclass(frozen=True)
+class SharedWithInput:
+    """pools, reshapes, permute, mean, clone: the output keeps the input's qparams."""
+
+    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
+        x = node.args[0]
+        if not (is_float_tensor(x) and is_float_tensor(node)):
+            return False
+        _set_annotation(node, {x: config.activation}, SharedQuantizationSpec((x, node)))
+        return True
+
+
+@dataclass(frozen=True)
+class SharedAll:
+    """cat: all inputs and the output share one spec (the first input's)."""
+
+    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
+        inputs = list(dict.fromkeys(node.args[0]))
+        if not inputs or not all(is_float_tensor(arg) for arg in inputs) or not is_float_tensor(node):
+            return False
+        root = (inputs[0], node)
+        shared = SharedQuantizationSpec(root)
+        input_map: dict[Node, QuantizationSpecBase | None] = {inputs[0]: config.activation}
+        input_map.update(dict.fromkeys(inputs[1:], shared))
+        _set_annotation(node, input_map, shared)
+        return True
+
+
+@dataclass(frozen=True)
+class Clamp:
+    """hardtanh: an activation form (0..6, -1..1, 0..1) is observed on its own; other bounds share the input's
+    qparams."""
+
+    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
+        kind = Independent() if _hardtanh_bounds(node) in _ACTIVATION_BOUNDS else SharedWithInput()
+        return kind.annotate(node, config, config_of)
+
+
+@dataclass(frozen=True)
+class FixedOutput:
+    """softmax: input observed, output with the fixed qparams the NPU kernel produces."""
+
+    scale: float
+    zero_point: int
+
+    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
+        x = node.args[0]
+        if not (is_float_tensor(x) and is_float_tensor(node)):
+            return False
+        _set_annotation(node, {x: config.activation}, fixed_qparams_spec(self.scale, self.zero_point))
+        return True
+
+
+AnnotationKind = Weighted | Independent | SharedWithInput | SharedAll | Clamp | FixedOutput
+
+_SHARED = SharedWithInput()
+_INDEPENDENT = Independent()
+
+PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
+    aten.conv1d.default: Weighted(per_channel=True),
+    aten.conv2d.default: Weighted(per_channel=True),
+    aten.linear.default: Weighted(per_channel=False),
+    aten.relu.default: _INDEPENDENT,
+    aten.relu_.default: _INDEPENDENT,
+    aten.relu6.default: _INDEPENDENT,
+    aten.hardtanh.default: Clamp(),
+    aten.hardtanh_.default: Clamp(),
+    aten.add.Tensor: _INDEPENDENT,
+    aten.max_pool2d.default: _SHARED,
+    aten.avg_pool2d.default: _SHARED,
+    aten.adaptive_avg_pool2d.default: _SHARED,
+    aten.mean.dim: _SHARED,
+    aten.view.default: _SHARED,
+    aten.reshape.default: _SHARED,
+    aten.flatten.using_ints: _SHARED,
+    aten.permute.default: _SHARED,
+    aten.clone.default: _SHARED,
+    aten.cat.default: SharedAll(),
+    aten.softmax.int: FixedOutput(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT),
+}

@@ -1,0 +1,132 @@
+"""NeutronQuantizer: a torchao PT2E quantizer producing the int8 scheme the Neutron NPU runs."""
+
+from __future__ import annotations
+
+import logging
+
+from torch.fx import GraphModule, Node
+from torchao.quantization.pt2e.quantizer import Quantizer
+from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+
+from neutron_backend.quantizer.config import NeutronQuantizationConfig, get_neutron_quantization_config
+from neutron_backend.quantizer.patterns import PATTERNS, is_annotated, is_float_tensor
+from neutron_backend.targets import NeutronTarget, get_target
+
+logger = logging.getLogger(__name__)
+
+# node.meta key naming why the quantizer configuration left a quantizable node in float; read by the
+# partitioner. The top-level key lives only as long as the annotated graph (through convert_pt2e). A re-export
+# drops unknown top-level keys but keeps node.meta["custom"] (torch.export copies it to every node a node is
+# traced or decomposed into, through to_edge), so the reason is mirrored to
+# node.meta["custom"][EXCLUDED_META_KEY] too.
+EXCLUDED_META_KEY = "neutron_quantizer_excluded"
+
+
+def _normalize_module_path(path: str) -> str:
+    # Older capture APIs prefix paths with "L['self'].".
+    prefix = "L['self']."
+    return path[len(prefix) :] if path.startswith(prefix) else path
+
+
+def _type_name(module_type: type | str) -> str:
+    # nn_module_stack stores the module type as a "module.qualname" string (a type in older torch versions).
+    if isinstance(module_type, str):
+        return module_type
+    return f"{module_type.__module__}.{module_type.__qualname__}"
+
+
+class NeutronQuantizer(Quantizer):
+    """Annotates an exported (`torch.export.export(...).module()`) graph for `prepare_pt2e` or
+    `prepare_qat_pt2e`.
+
+    After calibration and `convert_pt2e`, every supported compute node is a QDQ cluster: activations int8
+    per-tensor affine, conv weights int8 symmetric per-channel, linear weights int8 symmetric per-tensor,
+    biases int32 with scale s_in * s_w, relu/relu6 fused into the preceding conv/linear. The supported ops and
+    how each is annotated are the table `neutron_backend.quantizer.patterns.PATTERNS`.
+
+    Configuration precedence for a node: `set_module_name` (innermost matching module first), then
+    `set_module_type` (innermost first), then `set_global`. A None configuration leaves the node in float and
+    records why in `node.meta["neutron_quantizer_excluded"]` and, surviving re-export and `to_edge`,
+    `node.meta["custom"]["neutron_quantizer_excluded"]`.
+    """
+
+    def __init__(self, target: str, is_qat: bool = False) -> None:
+        super().__init__()
+        self.target: NeutronTarget = get_target(target)
+        self.is_qat = is_qat
+        self.global_config: NeutronQuantizationConfig | None = get_neutron_quantization_config(is_qat)
+        self.module_name_configs: dict[str, NeutronQuantizationConfig | None] = {}
+        self.module_type_configs: dict[str, tuple[type, NeutronQuantizationConfig | None]] = {}
+
+    def set_global(self, config: NeutronQuantizationConfig | None) -> NeutronQuantizer:
+        """Sets the configuration of nodes no module setting matches (None: float). Returns self."""
+        self.global_config = config
+        return self
+
+    def set_module_type(
+        self, module_type: type, config: NeutronQuantizationConfig | None
+    ) -> NeutronQuantizer:
+        """Sets the configuration of nodes inside modules of `module_type` (None: float). Returns self."""
+        self.module_type_configs[_type_name(module_type)] = (module_type, config)
+        return self
+
+    def set_module_name(self, module_name: str, config: NeutronQuantizationConfig | None) -> NeutronQuantizer:
+        """Sets the configuration of nodes inside the submodule with this qualified name, e.g. "features.3"
+        (None: float). Returns self."""
+        self.module_name_configs[module_name] = config
+        return self
+
+    def _resolve(self, node: Node) -> tuple[NeutronQuantizationConfig | None, str]:
+        """Returns the configuration for `node` and the setting that chose it, e.g.
+        "set_module_name('fc', None)"."""
+        stack = list(node.meta.get("nn_module_stack", {}).values())
+        for path, _ in reversed(stack):
+            name = _normalize_module_path(path)
+            if name in self.module_name_configs:
+                config = self.module_name_configs[name]
+                return config, f"set_module_name({name!r}, {'None' if config is None else '...'})"
+        for _, module_type in reversed(stack):
+            entry = self.module_type_configs.get(_type_name(module_type))
+            if entry is not None:
+                cls, config = entry
+                return config, f"set_module_type({cls.__name__}, {'None' if config is None else '...'})"
+        return self.global_config, f"set_global({'None' if self.global_config is None else '...'})"
+
+    def _config_of(self, node: Node) -> NeutronQuantizationConfig | None:
+        return self._resolve(node)[0]
+
+    def annotate(self, model: GraphModule) -> GraphModule:
+        """Annotates `model`'s graph in place (topological order, so a conv claims its activation before the
+        activation is visited). Returns `model`."""
+        counts: dict[str, int] = {"annotated": 0, "excluded": 0}
+        for node in model.graph.nodes:
+            if node.op != "call_function" or is_annotated(node):
+                continue
+            kind = PATTERNS.get(node.target)
+            if kind is None:
+                continue
+            config, reason = self._resolve(node)
+            if config is None:
+                node.meta[EXCLUDED_META_KEY] = reason
+                node.meta.setdefault("custom", {})[EXCLUDED_META_KEY] = reason
+                counts["excluded"] += 1
+            elif kind.annotate(node, config, self._config_of):
+                counts["annotated"] += 1
+        logger.debug("NeutronQuantizer(%s): %s", self.target.name, counts)
+        return model
+
+    def validate(self, model: GraphModule) -> None:
+        """Raises ValueError if an annotation would quantize a tensor that is not float32 (indices, float64,
+        shapes); returns None otherwise."""
+        for node in model.graph.nodes:
+            annotation = node.meta.get(Q_ANNOTATION_KEY)
+            if annotation is None:
+                continue
+            for arg, spec in annotation.input_qspec_map.items():
+                if spec is not None and not is_float_tensor(arg):
+                    raise ValueError(f"{node.name}: input {arg} is not a float32 tensor, cannot be quantized")
+            if annotation.output_qspec is not None and not is_float_tensor(node):
+                raise ValueError(f"{node.name}: output is not a float32 tensor and cannot be quantized")
+
+
+__all__ = ["EXCLUDED_META_KEY", "NeutronQuantizer"]
