@@ -1,0 +1,248 @@
+"""QDQ cluster recognition: which compute nodes are quantized, and which Q/DQ/auxiliary nodes belong to them.
+
+A cluster is a compute node (plus activations fused after it) whose tensor inputs all come from dequantize nodes,
+possibly through auxiliary data-movement nodes (e.g. the permute of a linear weight), and whose users all go to
+quantize nodes. Everything here is linear in graph size: each node looks only at its own inputs and `node.users`.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.export import ExportedProgram
+from torch.fx import Node
+
+_QUANTIZE = {"quantize_per_tensor", "quantize_per_channel"}
+_DEQUANTIZE = {"dequantize_per_tensor", "dequantize_per_channel"}
+# Data movement allowed between a dequantize and the compute node it feeds (the linear weight's permute, etc.).
+_AUXILIARY = {"permute_copy", "view_copy", "clone", "_clone_dim_order", "squeeze_copy", "unsqueeze_copy",
+              "t_copy", "expand_copy"}
+
+
+def op_name(node: Node) -> str:
+    """The operator's base name without namespace or overload, e.g. 'convolution' for aten.convolution.default."""
+    if node.op != "call_function":
+        return ""
+    target = node.target
+    schema = getattr(target, "_schema", None)
+    if schema is not None:
+        return schema.name.split("::")[-1]
+    return getattr(target, "__name__", str(target))
+
+
+def is_quantize(node: Any) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and op_name(node) in _QUANTIZE
+
+
+def is_dequantize(node: Any) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and op_name(node) in _DEQUANTIZE
+
+
+def is_qdq(node: Any) -> bool:
+    return is_quantize(node) or is_dequantize(node)
+
+
+def is_getitem(node: Any) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and node.target is operator.getitem
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Quantization parameters read from a quantize/dequantize node."""
+
+    scale: float | tuple[float, ...]
+    zero_point: int | tuple[int, ...]
+    qmin: int
+    qmax: int
+    dtype: torch.dtype
+    axis: int | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+    @property
+    def symmetric(self) -> bool:
+        zero_points = self.zero_point if isinstance(self.zero_point, tuple) else (self.zero_point,)
+        return all(z == 0 for z in zero_points)
+
+
+def tensor_inputs(node: Node) -> list[Node]:
+    """The node's tensor-valued inputs in argument order (flattening list arguments such as cat's)."""
+    return list(node.all_input_nodes)
+
+
+class ConstantResolver:
+    """Reads constant tensors (parameters, buffers, lifted constants) behind placeholder nodes."""
+
+    def __init__(self, program: ExportedProgram) -> None:
+        signature = program.graph_signature
+        self._program = program
+        self._sources: dict[str, str] = {}
+        self._sources.update(signature.inputs_to_parameters)
+        self._sources.update(signature.inputs_to_buffers)
+        self._sources.update(signature.inputs_to_lifted_tensor_constants)
+
+    def is_constant(self, node: Node) -> bool:
+        return node.op == "get_attr" or (node.op == "placeholder" and node.name in self._sources)
+
+    def value(self, node: Node) -> torch.Tensor | None:
+        """The tensor behind a constant placeholder or get_attr node, or None when it is a runtime input."""
+        if node.op == "get_attr":
+            return getattr(node.graph.owning_module, str(node.target), None)
+        key = self._sources.get(node.name)
+        if key is None:
+            return None
+        if key in self._program.state_dict:
+            return self._program.state_dict[key]
+        return self._program.constants.get(key)
+
+
+def read_qparams(node: Node, constants: ConstantResolver) -> QParams | None:
+    """The qparams of a quantize/dequantize node, or None for any other node."""
+    if not is_qdq(node):
+        return None
+    if op_name(node).endswith("per_channel"):
+        scales, zero_points, axis, qmin, qmax, dtype = node.args[1:7]
+        scale_values = constants.value(scales) if isinstance(scales, Node) else scales
+        zp_values = constants.value(zero_points) if isinstance(zero_points, Node) else zero_points
+        return QParams(
+            scale=tuple(float(s) for s in torch.as_tensor(scale_values).flatten().tolist()),
+            zero_point=tuple(int(z) for z in torch.as_tensor(zp_values).flatten().tolist()),
+            qmin=int(qmin), qmax=int(qmax), dtype=dtype, axis=int(axis),
+        )
+    scale, zero_point, qmin, qmax, dtype = node.args[1:6]
+    return QParams(scale=float(scale), zero_point=int(zero_point), qmin=int(qmin), qmax=int(qmax), dtype=dtype)
+
+
+@dataclass
+class Cluster:
+    """A compute node with the Q/DQ and auxiliary nodes that belong to it.
+
+    `problem` is None for a well-formed QDQ cluster, else the reason it is not one (e.g. a float input).
+    """
+
+    head: Node
+    fused: list[Node] = field(default_factory=list)
+    dequantized_inputs: list[Node] = field(default_factory=list)
+    auxiliary: list[Node] = field(default_factory=list)
+    getitems: list[Node] = field(default_factory=list)
+    quantized_outputs: list[Node] = field(default_factory=list)
+    problem: str | None = None
+
+    @property
+    def last(self) -> Node:
+        """The node whose value leaves the cluster (the last fused activation, or the head)."""
+        return self.fused[-1] if self.fused else self.head
+
+    def nodes(self) -> Iterator[Node]:
+        yield from self.dequantized_inputs
+        yield from self.auxiliary
+        yield self.head
+        yield from self.fused
+        yield from self.getitems
+        yield from self.quantized_outputs
+
+
+class ClusterIndex:
+    """Every cluster of a graph, and for each node the cluster it belongs to. Built in one linear pass.
+
+    `is_fusable(node)` tells whether an activation node may be fused into the compute node before it.
+    """
+
+    def __init__(self, program: ExportedProgram, is_fusable) -> None:
+        self.constants = ConstantResolver(program)
+        self._is_fusable = is_fusable
+        self.clusters: list[Cluster] = []
+        self.cluster_of: dict[Node, Cluster] = {}
+        self._auxiliary_memo: dict[Node, bool] = {}
+        for node in program.graph.nodes:
+            if node.op != "call_function" or node in self.cluster_of:
+                continue
+            if is_qdq(node) or is_getitem(node) or self._is_auxiliary(node) or self._is_fused(node):
+                continue
+            cluster = self._build(node)
+            self.clusters.append(cluster)
+            for member in cluster.nodes():
+                self.cluster_of.setdefault(member, cluster)
+
+    def _is_auxiliary(self, node: Node) -> bool:
+        """A data-movement node between a dequantize and a compute node (it has no quantize of its own)."""
+        memo = self._auxiliary_memo.get(node)
+        if memo is not None:
+            return memo
+        result = False
+        if node.op == "call_function" and op_name(node) in _AUXILIARY and len(node.users) == 1:
+            (user,) = node.users
+            inputs = tensor_inputs(node)
+            result = (not is_quantize(user) and len(inputs) == 1
+                      and (is_dequantize(inputs[0]) or self._is_auxiliary(inputs[0])))
+        self._auxiliary_memo[node] = result
+        return result
+
+    def _is_fused(self, node: Node) -> bool:
+        """An activation applied directly to a single-use compute result, quantized only after it."""
+        inputs = tensor_inputs(node)
+        if len(inputs) != 1 or not self._is_fusable(node):
+            return False
+        producer = inputs[0]
+        return (producer.op == "call_function" and not is_qdq(producer) and not is_getitem(producer)
+                and len(producer.users) == 1 and not self._is_auxiliary(producer))
+
+    def _build(self, head: Node) -> Cluster:
+        cluster = Cluster(head=head)
+        last = head
+        while len(last.users) == 1:
+            (user,) = last.users
+            if not self._is_fused(user):
+                break
+            cluster.fused.append(user)
+            last = user
+        # Fused activations have one tensor input, the previous node, so only the head's inputs need tracing.
+        for source in tensor_inputs(head):
+            self._trace_input(cluster, source)
+        self._trace_outputs(cluster, last)
+        return cluster
+
+    def _trace_input(self, cluster: Cluster, source: Node) -> None:
+        while self._is_auxiliary(source):
+            cluster.auxiliary.append(source)
+            source = tensor_inputs(source)[0]
+        if is_dequantize(source):
+            cluster.dequantized_inputs.append(source)
+        elif cluster.problem is None:
+            if self.constants.is_constant(source):
+                cluster.problem = (f"not quantized: input '{source.name}' is a float constant, not dequantized int8; "
+                                   "quantize the model with NeutronQuantizer")
+            else:
+                producer = "a model input" if source.op == "placeholder" else f"'{source.name}' ({op_name(source)})"
+                cluster.problem = (f"not quantized: input '{source.name}' is float, produced by {producer} rather "
+                                   "than a dequantize node; quantize the model with NeutronQuantizer "
+                                   "(prepare_pt2e / convert_pt2e)")
+
+    def _trace_outputs(self, cluster: Cluster, last: Node) -> None:
+        for user in last.users:
+            if is_quantize(user):
+                cluster.quantized_outputs.append(user)
+            elif is_getitem(user) and user.args[1] == 0:
+                cluster.getitems.append(user)
+                for item_user in user.users:
+                    if is_quantize(item_user):
+                        cluster.quantized_outputs.append(item_user)
+                    elif cluster.problem is None:
+                        cluster.problem = (f"not quantized: output feeds '{item_user.name}' "
+                                           f"({op_name(item_user) or item_user.op}) without a quantize node")
+            elif is_getitem(user):
+                if user.users and cluster.problem is None:
+                    cluster.problem = f"its secondary output '{user.name}' (e.g. pooling indices) is used"
+            elif cluster.problem is None:
+                cluster.problem = (f"not quantized: output feeds '{user.name}' ({op_name(user) or user.op}) "
+                                   "without a quantize node; quantize the model with NeutronQuantizer")
+        if not last.users and cluster.problem is None:
+            cluster.problem = "its result is unused"
+        if not cluster.quantized_outputs and cluster.problem is None:
+            cluster.problem = "not quantized: no quantize node after it"

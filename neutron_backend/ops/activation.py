@@ -1,0 +1,63 @@
+"""ReLU and its clamp/hardtanh forms."""
+
+from __future__ import annotations
+
+import math
+
+from torch.fx import Node
+
+from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject
+from neutron_backend.ops.edge import edge
+
+# Clamp bounds Neutron runs as an activation, with the TFLite activation each maps to.
+RELU_FORMS: dict[tuple[float, float], str] = {
+    (0.0, math.inf): "RELU",
+    (0.0, 6.0): "RELU6",
+    (-1.0, 1.0): "RELU_N1_TO_1",
+    (0.0, 1.0): "RELU_0_TO_1",
+}
+
+
+def bounds(node: Node) -> tuple[float, float]:
+    """(min, max) of relu, hardtanh or clamp; missing bounds are infinite."""
+    name = node.target._schema.name
+    if name == "aten::relu":
+        return (0.0, math.inf)
+    if name == "aten::hardtanh":
+        return (float(arg(node, 1, "min_val", -1.0)), float(arg(node, 2, "max_val", 1.0)))
+    low, high = arg(node, 1, "min", None), arg(node, 2, "max", None)
+    return (-math.inf if low is None else float(low), math.inf if high is None else float(high))
+
+
+def relu_form(node: Node) -> str | None:
+    """The TFLite activation for this node's bounds, or None when they are not a ReLU form."""
+    return RELU_FORMS.get(bounds(node))
+
+
+def _fusable(node: Node) -> bool:
+    """TFLite fuses RELU, RELU6 and RELU_N1_TO_1 into conv/linear; RELU_0_TO_1 needs its own operator."""
+    return relu_form(node) in ("RELU", "RELU6", "RELU_N1_TO_1")
+
+
+def _check(node: Node, ctx: CheckContext) -> Verdict:
+    if relu_form(node) is not None:
+        return SUPPORTED
+    in_q, out_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
+    if in_q is not None and out_q is not None and in_q == out_q:
+        return SUPPORTED
+    low, high = bounds(node)
+    return reject(f"clamp bounds ({low:g}, {high:g}) are not a ReLU form {sorted(RELU_FORMS)} and input/output "
+                  "quantization differ; other bounds need equal input and output qparams")
+
+
+_CONSTRAINTS = ("bounds (0, inf), (0, 6), (-1, 1), (0, 1) map to ReLU activations; other bounds need equal "
+                "input/output qparams; fused into a preceding convolution or linear layer")
+OPERATORS = [
+    NeutronOperator(name="aten.relu.default", targets=(edge("aten.relu.default"),), kind=OpKind.ACTIVATION,
+                    constraints="fused into a preceding convolution or linear layer when it follows one",
+                    check=_check, fusable=_fusable),
+    NeutronOperator(name="aten.hardtanh.default", targets=(edge("aten.hardtanh.default"),),
+                    kind=OpKind.ACTIVATION, constraints=_CONSTRAINTS, check=_check, fusable=_fusable),
+    NeutronOperator(name="aten.clamp.default", targets=(edge("aten.clamp.default"),), kind=OpKind.ACTIVATION,
+                    constraints=_CONSTRAINTS, check=_check, fusable=_fusable),
+]

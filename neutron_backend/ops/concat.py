@@ -1,0 +1,59 @@
+"""Concatenation."""
+
+from __future__ import annotations
+
+from torch.fx import Node
+
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    NeutronOperator,
+    OpKind,
+    Verdict,
+    arg,
+    reject,
+    shape_of,
+)
+from neutron_backend.ops.edge import edge
+
+
+def cat_dim(node: Node) -> int:
+    """The concatenation axis, non-negative."""
+    return arg(node, 1, "dim", 0) % len(shape_of(node))
+
+
+def _check(node: Node, ctx: CheckContext) -> Verdict:
+    inputs = list(node.args[0])
+    output_q = ctx.output_qparams(node)
+    for index in range(len(inputs)):
+        input_q = ctx.input_qparams(node, index)
+        if input_q is not None and output_q is not None and input_q != output_q:
+            return reject(f"input {index} is quantized with scale {input_q.scale:.6g}, zero point "
+                          f"{input_q.zero_point} but the output with scale {output_q.scale:.6g}, zero point "
+                          f"{output_q.zero_point}; cat needs all inputs and the output to share qparams "
+                          "(NeutronQuantizer does this)")
+    return SUPPORTED
+
+
+def _check_target(node: Node, ctx: CheckContext) -> Verdict:
+    rank = len(shape_of(node))
+    channel_axis = 1 if rank >= 3 and ctx.is_channels_first(node) else rank - 1
+    if cat_dim(node) != channel_axis or ctx.options.force_delegate_cat:
+        return SUPPORTED
+    num_macs = ctx.target.num_macs
+    for index, item in enumerate(node.args[0]):
+        channels = shape_of(item)[channel_axis]
+        if channels % num_macs:
+            return reject(f"input {index} has {channels} channels, not a multiple of num_macs={num_macs}; older "
+                          "Neutron converters reject this (set CustomDelegationOptions(force_delegate_cat=True) "
+                          "if your converter accepts it)")
+    return SUPPORTED
+
+
+OPERATORS = [
+    NeutronOperator(name="aten.cat.default", targets=(edge("aten.cat.default"),), kind=OpKind.COMPUTE,
+                    constraints=("all inputs and the output share qparams; along channels each input's channels "
+                                 "are a multiple of num_macs unless force_delegate_cat"),
+                    check=_check, check_target=_check_target,
+                    quantization="int8; all inputs and the output share one qparams"),
+]

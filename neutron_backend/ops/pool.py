@@ -1,0 +1,111 @@
+"""Pooling: average, adaptive average, max."""
+
+from __future__ import annotations
+
+from torch.fx import Node
+
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    NeutronOperator,
+    OpKind,
+    Verdict,
+    arg,
+    pair,
+    reject,
+    shape_of,
+)
+from neutron_backend.ops.edge import edge
+
+MAX_KERNEL_STRIDE = 4096
+
+
+def pool_params(node: Node) -> dict:
+    """kernel, stride, padding (pairs), ceil_mode, and the op-specific flags of a pooling node."""
+    kernel = pair(node.args[1])
+    stride_arg = arg(node, 2, "stride", [])
+    return dict(
+        kernel=kernel,
+        stride=pair(stride_arg) if stride_arg else kernel,
+        padding=pair(arg(node, 3, "padding", 0)),
+        ceil_mode=bool(arg(node, 5 if "max_pool" in node.target._schema.name else 4, "ceil_mode", False)),
+    )
+
+
+def _limits(kernel: tuple[int, int], stride: tuple[int, int]) -> Verdict:
+    for label, values in (("kernel", kernel), ("stride", stride)):
+        if any(v > MAX_KERNEL_STRIDE for v in values):
+            return reject(f"{label} {values[0]}x{values[1]} exceeds Neutron's limit of {MAX_KERNEL_STRIDE} per axis")
+    return SUPPORTED
+
+
+def _rank4(node: Node) -> Verdict:
+    rank = len(shape_of(node.args[0]))
+    return SUPPORTED if rank == 4 else reject(f"input rank {rank}; 2D pooling needs a rank-4 input")
+
+
+def _check_avg(node: Node, ctx: CheckContext) -> Verdict:
+    p = pool_params(node)
+    if not (verdict := _rank4(node)):
+        return verdict
+    if p["ceil_mode"]:
+        return reject("ceil_mode=True is not supported; use ceil_mode=False")
+    if arg(node, 6, "divisor_override", None) is not None:
+        return reject(f"divisor_override={arg(node, 6, 'divisor_override')} is not supported")
+    if any(p["padding"]) and not arg(node, 5, "count_include_pad", True):
+        return reject("count_include_pad=False with padding cannot be expressed exactly; padding is added as "
+                      "zero-point values that the average counts")
+    return SUPPORTED
+
+
+def _check_avg_target(node: Node, ctx: CheckContext) -> Verdict:
+    p = pool_params(node)
+    return _limits(p["kernel"], p["stride"])
+
+
+def _check_adaptive(node: Node, ctx: CheckContext) -> Verdict:
+    if not (verdict := _rank4(node)):
+        return verdict
+    h, w = shape_of(node.args[0])[2:]
+    oh, ow = shape_of(node)[2:]
+    if h % oh or w % ow:
+        return reject(f"input {h}x{w} is not divisible by output {oh}x{ow}; adaptive pooling must reduce to a "
+                      "regular kernel")
+    return _limits((h // oh, w // ow), (h // oh, w // ow))
+
+
+def _check_max(node: Node, ctx: CheckContext) -> Verdict:
+    p = pool_params(node)
+    if not (verdict := _rank4(node)):
+        return verdict
+    dilation = pair(arg(node, 4, "dilation", 1))
+    if dilation != (1, 1):
+        return reject(f"dilation {dilation[0]}x{dilation[1]} is not supported; only 1")
+    if p["ceil_mode"]:
+        return reject("ceil_mode=True is not supported; use ceil_mode=False")
+    return SUPPORTED
+
+
+def _check_max_target(node: Node, ctx: CheckContext) -> Verdict:
+    stride = pool_params(node)["stride"]
+    if any(v > MAX_KERNEL_STRIDE for v in stride):
+        return reject(f"stride {stride[0]}x{stride[1]} exceeds Neutron's limit of {MAX_KERNEL_STRIDE} per axis")
+    return SUPPORTED
+
+
+OPERATORS = [
+    NeutronOperator(name="aten.avg_pool2d.default", targets=(edge("aten.avg_pool2d.default"),),
+                    kind=OpKind.COMPUTE, constraints=("no ceil_mode; no divisor_override; kernel, stride <= 4096; "
+                                                      "padding only with count_include_pad"),
+                    check=_check_avg, check_target=_check_avg_target,
+                    quantization="int8; output shares the input's qparams"),
+    NeutronOperator(name="aten._adaptive_avg_pool2d.default",
+                    targets=(edge("aten._adaptive_avg_pool2d.default"),), kind=OpKind.COMPUTE,
+                    constraints="input size divisible by output size; resulting kernel, stride <= 4096",
+                    check=_check_adaptive, quantization="int8; output shares the input's qparams"),
+    NeutronOperator(name="aten.max_pool2d_with_indices.default",
+                    targets=(edge("aten.max_pool2d_with_indices.default"), edge("aten.max_pool2d.default")),
+                    kind=OpKind.COMPUTE, constraints="dilation 1; no ceil_mode; indices unused; stride <= 4096",
+                    check=_check_max, check_target=_check_max_target,
+                    quantization="int8; output shares the input's qparams"),
+]

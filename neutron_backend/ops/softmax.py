@@ -1,0 +1,58 @@
+"""Softmax over the channel dimension."""
+
+from __future__ import annotations
+
+from torch.fx import Node
+
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    NeutronOperator,
+    OpKind,
+    Verdict,
+    numel,
+    reject,
+    shape_of,
+)
+from neutron_backend.ops.edge import edge
+
+MAX_CHANNELS = 2040
+MAX_OTHER = 4096
+MAX_TOTAL = 524288
+
+
+def _channel_axis(node: Node, ctx: CheckContext) -> int:
+    rank = len(shape_of(node))
+    return 1 if rank >= 3 and ctx.is_channels_first(node) else rank - 1
+
+
+def _check(node: Node, ctx: CheckContext) -> Verdict:
+    shape = shape_of(node)
+    dim = node.args[1] % len(shape)
+    axis = _channel_axis(node, ctx)
+    if dim != axis:
+        return reject(f"softmax over dim {dim} of a tensor of shape {list(shape)}; Neutron computes softmax over "
+                      f"the channel dim ({axis}) only")
+    return SUPPORTED
+
+
+def _check_target(node: Node, ctx: CheckContext) -> Verdict:
+    shape = shape_of(node)
+    channels = shape[_channel_axis(node, ctx)]
+    total = numel(shape)
+    if channels > MAX_CHANNELS:
+        return reject(f"C = {channels} > {MAX_CHANNELS} channels")
+    if total // channels > MAX_OTHER:
+        return reject(f"product of non-channel dims = {total // channels} > {MAX_OTHER}")
+    if total > MAX_TOTAL:
+        return reject(f"total size = {total} > {MAX_TOTAL}")
+    return SUPPORTED
+
+
+OPERATORS = [
+    NeutronOperator(name="aten._softmax.default", targets=(edge("aten._softmax.default"),), kind=OpKind.COMPUTE,
+                    constraints=(f"over the channel dim; C <= {MAX_CHANNELS}; product of other dims <= {MAX_OTHER}; "
+                                 f"total <= {MAX_TOTAL}"),
+                    check=_check, check_target=_check_target,
+                    quantization="int8; output fixed at scale 1/256, zero point -128"),
+]

@@ -1,0 +1,340 @@
+"""NeutronPartitioner: cluster verdicts -> proposed partitions -> partition-level rules -> tags and a report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from executorch.exir.backend.compile_spec_schema import CompileSpec
+from executorch.exir.backend.partitioner import DelegationSpec, Partitioner, PartitionResult
+from executorch.exir.backend.utils import tag_constant_data
+from torch.export import ExportedProgram
+from torch.fx import Node
+from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
+from torch.fx.passes.operator_support import OperatorSupportBase
+
+from neutron_backend import ops
+from neutron_backend.clusters import (
+    Cluster,
+    ClusterIndex,
+    QParams,
+    is_dequantize,
+    is_qdq,
+    op_name,
+    read_qparams,
+)
+from neutron_backend.compile_spec import NeutronCompileOptions, parse_compile_spec
+from neutron_backend.delegation_options import CustomDelegationOptions
+from neutron_backend.ir.formats import FormatMap
+from neutron_backend.ops.base import OpKind, Verdict, reject
+from neutron_backend.report import DelegationReport, NodeEntry
+
+logger = logging.getLogger(__name__)
+
+BACKEND_ID = "NeutronBackend"
+# Rejecting a partition can only shrink the supported set, so re-proposal converges; this bounds it regardless.
+_MAX_PROPOSALS = 8
+QUANTIZER_EXCLUDED_KEY = "neutron_quantizer_excluded"
+
+
+def flat_inputs(node: Node) -> list[Node]:
+    """The node's tensor arguments in argument order, list arguments flattened, duplicates kept."""
+    found: list[Node] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, Node):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(node.args)
+    visit(tuple(node.kwargs.values()))
+    return found
+
+
+def target_name(node: Node) -> str:
+    """A readable operator name, e.g. 'aten.convolution.default'."""
+    key = ops.schema_key(node.target)
+    if key is None:
+        return getattr(node.target, "__name__", str(node.target))
+    name, overload = key
+    return f"{name.replace('::', '.')}.{overload}"
+
+
+def duplicate_shared_dequantize(program: ExportedProgram) -> int:
+    """Gives every user of a shared dequantize node its own copy, so each cluster owns its inputs.
+
+    Returns the number of copies made.
+    """
+    graph = program.graph
+    copies = 0
+    for node in list(graph.nodes):
+        if not is_dequantize(node) or len(node.users) < 2:
+            continue
+        for user in list(node.users)[1:]:
+            with graph.inserting_after(node):
+                copy = graph.node_copy(node)
+            copy.meta = dict(node.meta)
+            user.replace_input_with(node, copy)
+            copies += 1
+    if copies:
+        program.graph_module.recompile()
+    return copies
+
+
+class _Context:
+    """The CheckContext given to operator checks for one graph."""
+
+    def __init__(self, index: ClusterIndex, formats: FormatMap, options: NeutronCompileOptions,
+                 delegation: CustomDelegationOptions, state_dict: dict[str, Any] | None) -> None:
+        self.index = index
+        self.formats = formats
+        self.target = options.target
+        self.options = delegation
+        self._state_dict = state_dict or {}
+
+    def _source(self, node: Node) -> Node:
+        """The node behind auxiliary data movement and a dequantize, e.g. a weight placeholder."""
+        while self.index.cluster_of.get(node) is not None and node in self.index.cluster_of[node].auxiliary:
+            node = node.all_input_nodes[0]
+        if is_dequantize(node):
+            node = node.args[0]
+        return node
+
+    def _dequantize_of(self, node: Node) -> Node | None:
+        while node in self.index.cluster_of and node in self.index.cluster_of[node].auxiliary:
+            node = node.all_input_nodes[0]
+        return node if is_dequantize(node) else None
+
+    def input_qparams(self, node: Node, index: int) -> QParams | None:
+        inputs = flat_inputs(node)
+        if index >= len(inputs):
+            return None
+        dequantize = self._dequantize_of(inputs[index])
+        return None if dequantize is None else read_qparams(dequantize, self.index.constants)
+
+    def output_qparams(self, node: Node) -> QParams | None:
+        cluster = self.index.cluster_of.get(node)
+        if cluster is None or not cluster.quantized_outputs:
+            return None
+        return read_qparams(cluster.quantized_outputs[0], self.index.constants)
+
+    def is_static(self, node: Node) -> bool:
+        return self.index.constants.is_constant(self._source(node))
+
+    def constant(self, node: Node) -> torch.Tensor | None:
+        source = self._source(node)
+        value = self.index.constants.value(source)
+        if value is None or getattr(value, "is_fake", False) or type(value).__name__ == "FakeTensor":
+            value = self._state_dict.get(source.name, value)
+        return value
+
+    def is_channels_first(self, node: Node) -> bool:
+        return self.formats.is_channels_first(node)
+
+
+class _Supported(OperatorSupportBase):
+    def __init__(self, nodes: set[Node]) -> None:
+        self.nodes = nodes
+
+    def is_node_supported(self, submodules: Any, node: Node) -> bool:
+        return node in self.nodes
+
+
+@dataclass
+class _Partition:
+    id: int
+    nodes: list[Node]
+
+
+class NeutronPartitioner(Partitioner):
+    """Finds the parts of a quantized edge program that run on Neutron, tags them, and explains every decision.
+
+    With no options it delegates as much as possible. After `partition()`, `report` holds a DelegationReport.
+    """
+
+    def __init__(self, compile_spec: Sequence[CompileSpec],
+                 custom_delegation_options: CustomDelegationOptions | None = None, *,
+                 preserve_ops: Sequence[Any] | None = None,
+                 post_quantization_state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        self.compile_options = parse_compile_spec(compile_spec)
+        if custom_delegation_options is not None and not isinstance(custom_delegation_options,
+                                                                    CustomDelegationOptions):
+            raise TypeError(f"custom_delegation_options must be a CustomDelegationOptions, got "
+                            f"{type(custom_delegation_options).__name__}")
+        self.delegation_options = custom_delegation_options or CustomDelegationOptions()
+        self.preserve_ops = list(preserve_ops or [])
+        self.post_quantization_state_dict = post_quantization_state_dict
+        self.delegation_spec = DelegationSpec(BACKEND_ID, list(compile_spec))
+        self.report: DelegationReport | None = None
+
+    @property
+    def target(self):
+        return self.compile_options.target
+
+    def ops_to_not_decompose(self, ep: ExportedProgram) -> tuple[list[Any], Any]:
+        """Keeps `preserve_ops` whole through to_edge_transform_and_lower."""
+        return self.preserve_ops, None
+
+    # -- verdicts ---------------------------------------------------------------------------------------------
+
+    def _excluded_by_user(self, node: Node) -> str | None:
+        for name in self.compile_options.operators_not_to_delegate:
+            if name.matches(node.target):
+                return f"excluded by operators_not_to_delegate ('{name}')"
+        return None
+
+    def _quantization_verdict(self, cluster: Cluster, ctx: _Context, operator: ops.NeutronOperator) -> Verdict:
+        inputs = flat_inputs(cluster.head)
+        for position, source in enumerate(inputs):
+            qparams = ctx.input_qparams(cluster.head, position)
+            if qparams is None:
+                continue
+            is_weight = position in operator.weight_args
+            allowed = (torch.int8, torch.int32) if is_weight else (torch.int8,)
+            if qparams.dtype not in allowed:
+                kind = "weight/bias" if is_weight else "activation"
+                return reject(f"{kind} input '{source.name}' is quantized as {qparams.dtype}; Neutron runs "
+                              f"{' or '.join(str(d) for d in allowed)}")
+        for output in cluster.quantized_outputs:
+            qparams = read_qparams(output, ctx.index.constants)
+            if qparams is not None and qparams.dtype != torch.int8:
+                return reject(f"output is quantized as {qparams.dtype}; Neutron produces torch.int8")
+        return Verdict(True)
+
+    def _cluster_verdict(self, cluster: Cluster, ctx: _Context) -> Verdict:
+        head = cluster.head
+        excluded = head.meta.get(QUANTIZER_EXCLUDED_KEY)
+        if cluster.problem is not None:
+            if excluded:
+                return reject(f"left in float by the quantizer configuration ({excluded})")
+            return reject(cluster.problem)
+        operator = ops.lookup(head.target)
+        if operator is None:
+            return reject(f"{target_name(head)} has no Neutron implementation in this backend")
+        if user_reason := self._excluded_by_user(head):
+            return reject(user_reason)
+        if not (verdict := self._quantization_verdict(cluster, ctx, operator)):
+            return verdict
+        if not (verdict := operator.verdict(head, ctx)):
+            return verdict
+        for node in [*cluster.auxiliary, *cluster.fused]:
+            member = ops.lookup(node.target)
+            if member is None:
+                return reject(f"its input goes through {target_name(node)} ('{node.name}'), which has no Neutron "
+                              "implementation")
+            if user_reason := self._excluded_by_user(node):
+                return reject(f"fused {target_name(node)} is {user_reason}")
+            if node in cluster.fused and not (verdict := member.verdict(node, ctx)):
+                return reject(f"fused {target_name(node)} '{node.name}': {verdict.reason}")
+        return verdict
+
+    # -- partitions --------------------------------------------------------------------------------------------
+
+    def _propose(self, program: ExportedProgram, supported: set[Node]) -> list[_Partition]:
+        proposer = CapabilityBasedPartitioner(program.graph_module, _Supported(supported),
+                                              allows_single_node_partition=True)
+        return [_Partition(p.id, list(p.nodes)) for p in proposer.propose_partitions()]
+
+    def _partition_problem(self, partition: _Partition, index: ClusterIndex) -> str | None:
+        heads = {index.cluster_of[n].head for n in partition.nodes if n in index.cluster_of}
+        compute = [h for h in heads if not ops.lookup(h.target).is_no_op(h)]
+        if not compute and not self.delegation_options.allow_no_op_partitions:
+            names = sorted(target_name(h) for h in heads)
+            return (f"its partition holds only no-op operators ({', '.join(names)}), so a delegate call would do "
+                    "nothing; set CustomDelegationOptions(allow_no_op_partitions=True) to delegate it anyway")
+        minimum = self.delegation_options.min_compute_ops_per_partition
+        if compute and len(compute) < minimum:
+            return (f"its partition has {len(compute)} compute operator(s), fewer than "
+                    f"min_compute_ops_per_partition={minimum}")
+        return None
+
+    def _partition_with_rules(self, program: ExportedProgram, index: ClusterIndex,
+                              verdicts: dict[int, Verdict]) -> list[_Partition]:
+        accepted = [c for c in index.clusters if verdicts[id(c)]]
+        for _ in range(_MAX_PROPOSALS):
+            supported = {node for cluster in accepted for node in cluster.nodes()}
+            partitions = self._propose(program, supported)
+            rejected_any = False
+            for partition in partitions:
+                problem = self._partition_problem(partition, index)
+                if problem is None:
+                    continue
+                rejected_any = True
+                for cluster in {id(index.cluster_of[n]): index.cluster_of[n] for n in partition.nodes
+                                if n in index.cluster_of}.values():
+                    verdicts[id(cluster)] = reject(problem)
+            if not rejected_any:
+                return partitions
+            accepted = [c for c in accepted if verdicts[id(c)]]
+        return []
+
+    # -- entry point -------------------------------------------------------------------------------------------
+
+    def partition(self, exported_program: ExportedProgram) -> PartitionResult:
+        """Tags the delegable nodes of `exported_program` for NeutronBackend and fills `self.report`."""
+        duplicate_shared_dequantize(exported_program)
+        index = ClusterIndex(exported_program, self._is_fusable)
+        formats = FormatMap(exported_program.graph)
+        ctx = _Context(index, formats, self.compile_options, self.delegation_options,
+                       self.post_quantization_state_dict)
+        verdicts = {id(cluster): self._cluster_verdict(cluster, ctx) for cluster in index.clusters}
+        partitions = self._partition_with_rules(exported_program, index, verdicts)
+
+        tags: dict[str, DelegationSpec] = {}
+        partition_of: dict[Node, int] = {}
+        position = {node: i for i, node in enumerate(exported_program.graph.nodes)}
+        ordered = sorted(partitions, key=lambda p: min(position[n] for n in p.nodes))
+        for number, partition in enumerate(ordered):
+            tag = f"neutron_{number}"
+            tags[tag] = self.delegation_spec
+            for node in partition.nodes:
+                node.meta["delegation_tag"] = tag
+                partition_of[node] = number
+        tag_constant_data(exported_program)
+        self.report = self._report(exported_program, index, verdicts, partition_of, len(partitions))
+        logger.info("%s", self.report.to_dict() if logger.isEnabledFor(logging.DEBUG) else
+                    f"Neutron: {len(partitions)} partition(s), "
+                    f"{100 * self.report.delegated_mac_fraction:.1f}% of MACs delegated")
+        return PartitionResult(tagged_exported_program=exported_program, partition_tags=tags)
+
+    @staticmethod
+    def _is_fusable(node: Node) -> bool:
+        operator = ops.lookup(node.target)
+        return (operator is not None and operator.kind is OpKind.ACTIVATION and operator.fusable is not None
+                and operator.fusable(node))
+
+    def _report(self, program: ExportedProgram, index: ClusterIndex, verdicts: dict[int, Verdict],
+                partition_of: dict[Node, int], num_partitions: int) -> DelegationReport:
+        report = DelegationReport(target=self.target.name, num_partitions=num_partitions)
+        for node in _call_functions(program):
+            cluster = index.cluster_of.get(node)
+            delegated = node in partition_of
+            reason = ""
+            if not delegated:
+                reason = _cpu_reason(node, cluster, verdicts)
+            operator = ops.lookup(node.target)
+            macs = operator.macs(node) if operator is not None and operator.macs is not None else 0
+            report.nodes.append(NodeEntry(name=node.name, target=target_name(node), delegated=delegated,
+                                          partition=partition_of.get(node), reason=reason, macs=macs))
+        return report
+
+
+def _call_functions(program: ExportedProgram) -> Iterator[Node]:
+    return (n for n in program.graph.nodes if n.op == "call_function")
+
+
+def _cpu_reason(node: Node, cluster: Cluster | None, verdicts: dict[int, Verdict]) -> str:
+    if cluster is None:
+        if is_qdq(node):
+            return "quantize/dequantize at a CPU boundary"
+        return f"{op_name(node) or node.op} is not part of a quantized cluster"
+    reason = verdicts[id(cluster)].reason or "not delegated"
+    if node is cluster.head:
+        return reason
+    return f"follows '{cluster.head.name}': {reason}"
