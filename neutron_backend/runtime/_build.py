@@ -1,0 +1,121 @@
+"""Compile the host shim (``neutron_shim.cpp``) once; load it beside ExecuTorch's ``libexecutorch.so``."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+SHIM_SOURCE = Path(__file__).with_name("neutron_shim.cpp")
+CXX_FLAGS = (
+    "-std=c++17",
+    "-DC10_USING_CUSTOM_GENERATED_MACROS",
+    "-DET_EVENT_TRACER_ENABLED",
+    "-shared",
+    "-fPIC",
+    "-O2",
+)
+
+
+def executorch_root() -> Path:
+    """Returns the executorch wheel's directory (a namespace package, so ``__path__``, not ``__file__``)."""
+    import executorch
+
+    return Path(list(executorch.__path__)[0])
+
+
+def find_compiler() -> str:
+    """Returns the path of the C++ compiler: ``$CXX``, else ``c++``, else ``g++``; RuntimeError if none."""
+    for name in (os.environ.get("CXX"), "c++", "g++"):
+        if name and (path := shutil.which(name)):
+            return path
+    raise RuntimeError(
+        "no C++ compiler found (set CXX or install g++): the Neutron host runtime needs one "
+        "to build its ExecuTorch backend shim"
+    )
+
+
+def _compiler_identity(compiler: str) -> str:
+    """Returns the compiler's ``--version`` banner, so a compiler upgrade triggers a rebuild."""
+    out = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False)
+    return f"{compiler}\n{out.stdout}"
+
+
+def cache_dir() -> Path:
+    """Returns the directory holding built shims: ``$NEUTRON_BACKEND_CACHE``, else ``$XDG_CACHE_HOME`` or
+    ``~/.cache``, under ``neutron_backend``."""
+    if explicit := os.environ.get("NEUTRON_BACKEND_CACHE"):
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "neutron_backend"
+
+
+def compile_command(compiler: str, output: Path) -> list[str]:
+    """Returns the compiler command line building the shim into ``output``."""
+    et = executorch_root()
+    # No rpath on purpose: the shim must bind to the libexecutorch.so the pybindings already loaded (matched
+    # by soname), never to another copy found through a baked-in path.
+    return [
+        compiler,
+        *CXX_FLAGS,
+        f"-I{et / 'include'}",
+        f"-I{et / 'include/executorch/runtime/core/portable_type/c10'}",
+        str(SHIM_SOURCE),
+        "-o",
+        str(output),
+        f"-L{et / 'lib'}",
+        "-lexecutorch",
+    ]
+
+
+def shim_path() -> Path:
+    """Returns the path of the shim library, compiling it if no build for this source, executorch version and
+    compiler is cached. Raises RuntimeError carrying the compiler's stderr when compilation fails."""
+    compiler = find_compiler()
+    key = hashlib.sha256()
+    key.update(SHIM_SOURCE.read_bytes())
+    key.update(metadata.version("executorch").encode())
+    key.update(str(executorch_root()).encode())
+    key.update(_compiler_identity(compiler).encode())
+    key.update(" ".join(CXX_FLAGS).encode())
+    target = cache_dir() / f"neutron_shim-{key.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Build under a unique name and rename: parallel test processes may race, and rename is atomic, so a
+    # reader sees either no file or a complete one.
+    fd, tmp_name = tempfile.mkstemp(prefix=".neutron_shim-", suffix=".so", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        cmd = compile_command(compiler, tmp)
+        start = time.perf_counter()
+        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"building the Neutron host runtime shim failed (exit {result.returncode}).\n"
+                f"command: {' '.join(cmd)}\n{result.stderr}"
+            )
+        os.replace(tmp, target)
+        logger.info("built %s in %.1f s", target, time.perf_counter() - start)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
+def load_shim() -> ctypes.CDLL:
+    """Returns the loaded shim library, after importing ExecuTorch's runtime and quantized kernels so that the
+    shim's ``libexecutorch.so`` dependency resolves (by soname) to the copy the pybindings already use."""
+    import executorch.kernels.quantized  # noqa: F401  (registers the quantize/dequantize out-variants)
+    import executorch.runtime  # noqa: F401  (loads the pybindings and, with them, libexecutorch.so)
+
+    return ctypes.CDLL(str(shim_path()))

@@ -1,0 +1,96 @@
+"""``load_pte``: run a ``.pte`` through ExecuTorch's runtime with Neutron partitions emulated on the host."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+
+from neutron_backend.runtime import _host
+
+# ExecuTorch ScalarType codes (as MethodMeta reports them) -> torch dtypes.
+_TORCH_DTYPES: dict[int, torch.dtype] = {
+    0: torch.uint8,
+    1: torch.int8,
+    2: torch.int16,
+    3: torch.int32,
+    4: torch.int64,
+    5: torch.float16,
+    6: torch.float32,
+    7: torch.float64,
+    11: torch.bool,
+    15: torch.bfloat16,
+}
+
+
+class NeutronRuntimeError(RuntimeError):
+    """ExecuTorch failed to load or run a method; the message includes the Neutron emulation's reason."""
+
+
+def _with_reason(action: str, exc: Exception) -> NeutronRuntimeError:
+    """Returns an error for a failed ExecuTorch call, carrying the last shim callback error if any."""
+    reason = _host.last_error()
+    detail = f"{exc}; NeutronBackend: {reason}" if reason else str(exc)
+    return NeutronRuntimeError(f"{action} failed: {detail}")
+
+
+class Program:
+    """One method of a loaded ``.pte``, callable as ``program(*inputs) -> tuple[torch.Tensor, ...]``."""
+
+    def __init__(self, path: str | os.PathLike[str], method_name: str = "forward") -> None:
+        _host.register()
+        from executorch.runtime import Runtime
+
+        self.path = os.fspath(path)
+        self.method_name = method_name
+        self._program = Runtime.get().load_program(self.path)
+        if method_name not in self._program.method_names:
+            raise ValueError(
+                f"{self.path} has no method {method_name!r}; it has {sorted(self._program.method_names)}"
+            )
+        _host.clear_last_error()
+        try:
+            self._method = self._program.load_method(method_name)
+        except RuntimeError as exc:
+            raise _with_reason(f"loading method {method_name!r} of {self.path}", exc) from exc
+        meta = self._method.metadata
+        self.input_specs: tuple[tuple[tuple[int, ...], torch.dtype | int], ...] = tuple(
+            (tuple(info.sizes()), _TORCH_DTYPES.get(info.dtype(), info.dtype()))
+            for info in (meta.input_tensor_meta(i) for i in range(meta.num_inputs()))
+        )
+
+    def _check_inputs(self, inputs: tuple[Any, ...]) -> None:
+        """Raises ValueError (TypeError for a non-tensor) naming what the method expects and what it got."""
+        if len(inputs) != len(self.input_specs):
+            raise ValueError(f"{self.method_name} expects {len(self.input_specs)} inputs, got {len(inputs)}")
+        for index, (value, (shape, dtype)) in enumerate(zip(inputs, self.input_specs, strict=True)):
+            if not isinstance(value, torch.Tensor):
+                raise TypeError(f"input {index}: expected a torch.Tensor, got {type(value).__name__}")
+            if tuple(value.shape) != shape:
+                raise ValueError(f"input {index}: expected shape {list(shape)}, got {list(value.shape)}")
+            if value.dtype != dtype:
+                raise ValueError(f"input {index}: expected dtype {dtype}, got {value.dtype}")
+
+    def __call__(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Runs the method once.
+
+        Returns its outputs. Raises ValueError/TypeError for inputs not matching the method's metadata and
+        NeutronRuntimeError when ExecuTorch (or the Neutron emulation inside it) fails.
+        """
+        self._check_inputs(inputs)
+        _host.clear_last_error()
+        try:
+            outputs = self._method.execute([value.contiguous() for value in inputs])
+        except RuntimeError as exc:
+            raise _with_reason(f"running {self.method_name!r} of {self.path}", exc) from exc
+        return tuple(outputs)
+
+
+def load_pte(path: str | os.PathLike[str], method_name: str = "forward") -> Program:
+    """Loads ``path`` with ExecuTorch's runtime after registering the host NeutronBackend.
+
+    Returns a :class:`Program` running ``method_name``. Raises NeutronRuntimeError when the method cannot be
+    loaded, e.g. because a delegate holds a deployable (hardware-only) or corrupted payload.
+    """
+    return Program(path, method_name)
