@@ -131,22 +131,28 @@ class Lowered:
     pte: Path
 
 
-def lower(tmp_path: Path, make_bytes: Callable[[list[tuple[float, int]], tuple], bytes]) -> Lowered:
-    """Returns the QuantizedAdd model lowered with ``make_bytes(qparams, shape)`` as its delegate payload:
-    the edge program, and (lowered separately, since ``to_executorch()`` mutates its edge program) the
+def lower(
+    tmp_path: Path,
+    make_bytes: Callable[[list[tuple[float, int]], tuple], bytes],
+    model: torch.nn.Module | None = None,
+    example_inputs: tuple[torch.Tensor, ...] = (torch.zeros(SHAPE), torch.zeros(SHAPE)),
+) -> Lowered:
+    """Returns ``model`` (default QuantizedAdd) lowered with ``make_bytes(qparams, shape)`` as each delegate's
+    payload: the edge program, and (lowered separately, since ``to_executorch()`` mutates its edge program) the
     ExecuTorch program and its ``.pte``."""
+    model = model or QuantizedAdd()
 
     def preprocess(edge_program: torch.export.ExportedProgram, compile_specs: list) -> PreprocessResult:
         return PreprocessResult(processed_bytes=make_bytes(*_cluster_qparams(edge_program)))
 
-    inputs = (torch.zeros(SHAPE), torch.zeros(SHAPE))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(NeutronBackend, "preprocess", staticmethod(preprocess))
-        edge = to_edge_transform_and_lower(torch.export.export(QuantizedAdd(), inputs), partitioner=[AddPartitioner()])
-        executorch_program = to_edge_transform_and_lower(
-            torch.export.export(QuantizedAdd(), inputs), partitioner=[AddPartitioner()]
-        ).to_executorch()
-    pte = tmp_path / "add.pte"
+        edge, for_executorch = (
+            to_edge_transform_and_lower(torch.export.export(model, example_inputs), partitioner=[AddPartitioner()])
+            for _ in range(2)
+        )
+        executorch_program = for_executorch.to_executorch()
+    pte = tmp_path / "model.pte"
     pte.write_bytes(executorch_program.buffer)
     return Lowered(edge, executorch_program, pte)
 
@@ -188,6 +194,33 @@ def test_shim_and_emulator_agree_bit_for_bit(lowered: Lowered, inputs: tuple) ->
     (from_exported,) = emulate(lowered.edge.exported_program(), *inputs)
     for other in (from_edge, from_executorch, from_exported):
         assert torch.equal(shim, other)
+
+
+class TwoQuantizedAdds(torch.nn.Module):
+    """Two independent quantized adds of different shapes and qparams: two delegates, four inputs, two outputs."""
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y, z, w = args
+        first = _qdq(_qdq(x, *QPARAMS[0]) + _qdq(y, *QPARAMS[1]), *QPARAMS[2])
+        second = _qdq(_qdq(z, 0.05, 0) + _qdq(w, 0.01, 7), 0.03, -2)
+        return first, second
+
+
+def test_two_delegates_keep_their_own_payloads(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(3)
+    args = (
+        *(torch.randn(SHAPE, generator=generator) for _ in range(2)),
+        *(torch.randn(2, 5, 3, generator=generator) for _ in range(2)),
+    )
+    lowered = lower(tmp_path, lambda q, shape: add_payload(q, shape).to_bytes(), TwoQuantizedAdds(), args)
+    outputs = load_pte(lowered.pte)(*args)
+    references = TwoQuantizedAdds()(*args)
+    assert len(outputs) == 2
+    for out, reference, scale in zip(outputs, references, (QPARAMS[2][0], 0.03), strict=True):
+        assert out.shape == reference.shape
+        assert ((out - reference).abs() / scale).max().item() <= 1 + 1e-4
+    for out, emulated in zip(outputs, emulate(lowered.edge, *args), strict=True):
+        assert torch.equal(out, emulated)
 
 
 def test_executorch_runtime_api_runs_the_pte_unchanged(lowered: Lowered, inputs: tuple) -> None:
@@ -334,4 +367,4 @@ def test_compiler_failure_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("NEUTRON_BACKEND_CACHE", str(tmp_path / "cache"))
     with pytest.raises(RuntimeError, match="building the Neutron host runtime shim failed(.|\n)*error"):
         _build.shim_path()
-    assert not list((tmp_path / "cache").iterdir())  # no half-written library left behind
+    assert not list((tmp_path / "cache").glob("*.so"))  # no half-written library left behind

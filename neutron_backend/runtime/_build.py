@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import logging
 import os
@@ -91,24 +92,29 @@ def shim_path() -> Path:
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Build under a unique name and rename: parallel test processes may race, and rename is atomic, so a
-    # reader sees either no file or a complete one.
-    fd, tmp_name = tempfile.mkstemp(prefix=".neutron_shim-", suffix=".so", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        cmd = compile_command(compiler, tmp)
-        start = time.perf_counter()
-        result = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"building the Neutron host runtime shim failed (exit {result.returncode}).\n"
-                f"command: {' '.join(cmd)}\n{result.stderr}"
-            )
-        os.replace(tmp, target)
-        logger.info("built %s in %.1f s", target, time.perf_counter() - start)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # Parallel test processes would all compile the same file: the first one holding the lock builds, the others
+    # wait and find the result. Building under a unique name and renaming (atomic) keeps the lock-free fast path
+    # above from ever seeing a half-written library.
+    with open(target.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        fd, tmp_name = tempfile.mkstemp(prefix=".neutron_shim-", suffix=".so", dir=target.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            cmd = compile_command(compiler, tmp)
+            start = time.perf_counter()
+            result = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if result.returncode != 0:
+                raise RuntimeError(
+                    f"building the Neutron host runtime shim failed (exit {result.returncode}).\n"
+                    f"command: {' '.join(cmd)}\n{result.stderr}"
+                )
+            os.replace(tmp, target)
+            logger.info("built %s in %.1f s", target, time.perf_counter() - start)
+        finally:
+            tmp.unlink(missing_ok=True)
     return target
 
 

@@ -116,16 +116,12 @@ def _tensor_view(
     physical_shape = [sizes[d] for d in dim_order]
     size = int(np.prod(physical_shape, dtype=np.int64)) * dtype.itemsize
     if size != nbytes:
-        raise ValueError(
-            f"tensor of {dtype.name}{sizes} should hold {size} bytes, ExecuTorch reports {nbytes}"
-        )
+        raise ValueError(f"tensor of {dtype.name}{sizes} should hold {size} bytes, ExecuTorch reports {nbytes}")
     if size == 0:
         return np.empty(sizes, dtype=dtype)
     if not pointer:
         raise ValueError(f"tensor of {dtype.name}{sizes} has no data")
-    physical = np.frombuffer((ctypes.c_byte * size).from_address(pointer), dtype=dtype).reshape(
-        physical_shape
-    )
+    physical = np.frombuffer((ctypes.c_byte * size).from_address(pointer), dtype=dtype).reshape(physical_shape)
     # The memory is laid out in dim order; transposing by its inverse gives the logical view without a copy.
     return physical.transpose(np.argsort(dim_order))
 
@@ -147,35 +143,34 @@ def _execute(
     try:
         prepared = _handles.get(handle)
         if prepared is None:
-            _fail(f"execute called with unknown delegate handle {handle}")
-            return EXECUTE_FAILED
+            raise ValueError(f"unknown delegate handle {handle}")
+        num_inputs = nargs - prepared.num_outputs
+        if num_inputs < 0:
+            raise ValueError(f"the delegate got {nargs} arguments, its payload has {prepared.num_outputs} outputs")
         views: list[np.ndarray] = []
         offset = 0
         for i in range(nargs):
             code, ndim = scalar_types[i], ndims[i]
             if code not in SCALAR_TYPES:
-                _fail(f"delegate argument {i} is not a tensor of a supported dtype (ScalarType {code})")
-                return EXECUTE_FAILED
+                raise ValueError(f"delegate argument {i} is not a tensor of a supported dtype (ScalarType {code})")
             tensor_sizes = [sizes[offset + d] for d in range(ndim)]
             order = [dim_orders[offset + d] for d in range(ndim)]
             offset += ndim
             views.append(_tensor_view(data[i], SCALAR_TYPES[code], tensor_sizes, order, nbytes[i]))
-        num_inputs = nargs - prepared.num_outputs
-        if num_inputs < 0:
-            _fail(f"the delegate got {nargs} arguments but its payload has {prepared.num_outputs} outputs")
-            return EXECUTE_FAILED
         results = prepared.run(views[:num_inputs])
         for index, (result, out) in enumerate(zip(results, views[num_inputs:], strict=True)):
             if result.shape != out.shape or result.dtype != out.dtype:
-                _fail(
+                raise ValueError(
                     f"delegate output {index}: ExecuTorch allocated {out.dtype.name}{list(out.shape)}, the "
                     f"payload produced {result.dtype.name}{list(result.shape)}"
                 )
-                return EXECUTE_FAILED
             out[...] = result
         return 0
+    except ValueError as exc:  # the payload does not match the program: the message says it all
+        _fail(f"emulating delegate {handle} failed: {exc}")
+        return EXECUTE_FAILED
     except Exception as exc:  # a callback must never let an exception reach ctypes
-        _fail(f"emulating delegate {handle} failed: {exc}", exc)
+        _fail(f"emulating delegate {handle} failed: {exc!r}", exc)
         return EXECUTE_FAILED
 
 

@@ -27,17 +27,14 @@ def _exported_program(program: Any) -> torch.export.ExportedProgram:
     if hasattr(program, "exported_program"):
         return program.exported_program()
     raise TypeError(
-        f"expected an EdgeProgramManager, ExecutorchProgramManager or ExportedProgram, got "
-        f"{type(program).__name__}"
+        f"expected an EdgeProgramManager, ExecutorchProgramManager or ExportedProgram, got {type(program).__name__}"
     )
 
 
 def _prepare(lowered: Any) -> PreparedPayload:
     """Returns the prepared emulation payload of a lowered Neutron module; ValueError if it cannot run."""
     if lowered.backend_id != BACKEND_ID:
-        raise NotImplementedError(
-            f"emulate() runs {BACKEND_ID} delegates only, found a {lowered.backend_id} one"
-        )
+        raise NotImplementedError(f"emulate() runs {BACKEND_ID} delegates only, found a {lowered.backend_id} one")
     payload = read_payload(bytes(lowered.processed_bytes))
     if isinstance(payload, DeployablePayload):
         raise ValueError(

@@ -67,9 +67,7 @@ class PreparedPayload:
                     )
         indices = sorted(spec.arg_index for spec in payload.outputs)
         if indices != list(range(len(indices))):
-            raise PayloadError(
-                f"output arg_index values {indices} are not a permutation of 0..{len(indices) - 1}"
-            )
+            raise PayloadError(f"output arg_index values {indices} are not a permutation of 0..{len(indices) - 1}")
 
     @property
     def num_outputs(self) -> int:
@@ -88,8 +86,7 @@ class PreparedPayload:
         for spec, detail in zip(self.payload.inputs, self._inputs, strict=True):
             if not 0 <= spec.arg_index < len(inputs):
                 raise ValueError(
-                    f"the payload reads delegate input {spec.arg_index}, but the delegate got "
-                    f"{len(inputs)} inputs"
+                    f"the payload reads delegate input {spec.arg_index}, but the delegate got {len(inputs)} inputs"
                 )
             array = np.asarray(inputs[spec.arg_index])
             if array.dtype != np.dtype(spec.dtype) or array.shape != spec.shape:
@@ -108,9 +105,7 @@ class PreparedPayload:
         return outputs
 
 
-def execute_payload(
-    payload: EmulationPayload | PreparedPayload, inputs: Sequence[np.ndarray]
-) -> list[np.ndarray]:
+def execute_payload(payload: EmulationPayload | PreparedPayload, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
     """Runs an emulation payload on the delegate's ``inputs`` (ExecuTorch logical layout, delegate input
     order). A :class:`PreparedPayload` reuses its interpreter; an :class:`EmulationPayload` is prepared for
     this call.

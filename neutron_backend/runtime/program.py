@@ -46,9 +46,7 @@ class Program:
         self.method_name = method_name
         self._program = Runtime.get().load_program(self.path)
         if method_name not in self._program.method_names:
-            raise ValueError(
-                f"{self.path} has no method {method_name!r}; it has {sorted(self._program.method_names)}"
-            )
+            raise ValueError(f"{self.path} has no method {method_name!r}; it has {sorted(self._program.method_names)}")
         _host.clear_last_error()
         try:
             self._method = self._program.load_method(method_name)
