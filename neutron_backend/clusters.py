@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.export import ExportedProgram
 from torch.fx import Node
 
@@ -50,12 +51,36 @@ def is_getitem(node: Any) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and node.target is operator.getitem
 
 
+def flat_inputs(node: Node) -> list[Node]:
+    """The node's tensor arguments in argument order, list arguments flattened, duplicates kept."""
+    found: list[Node] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, Node):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(node.args)
+    visit(tuple(node.kwargs.values()))
+    return found
+
+
+def target_name(node: Node) -> str:
+    """A readable operator name, e.g. 'aten.convolution.default'."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return getattr(node.target, "__name__", str(node.target))
+    return f"{schema.name.replace('::', '.')}.{schema.overload_name or 'default'}"
+
+
 @dataclass(frozen=True)
 class QParams:
     """Quantization parameters read from a quantize/dequantize node."""
 
-    scale: float | tuple[float, ...]
-    zero_point: int | tuple[int, ...]
+    scale: float | tuple[float, ...] | None  # None: per-channel values not known while partitioning a fake program
+    zero_point: int | tuple[int, ...] | None
     qmin: int
     qmax: int
     dtype: torch.dtype
@@ -67,6 +92,9 @@ class QParams:
 
     @property
     def symmetric(self) -> bool:
+        """True when every zero point is 0 (or, for unknown per-channel values, when the range is symmetric)."""
+        if self.zero_point is None:
+            return self.qmin == -self.qmax
         zero_points = self.zero_point if isinstance(self.zero_point, tuple) else (self.zero_point,)
         return all(z == 0 for z in zero_points)
 
@@ -79,9 +107,10 @@ def tensor_inputs(node: Node) -> list[Node]:
 class ConstantResolver:
     """Reads constant tensors (parameters, buffers, lifted constants) behind placeholder nodes."""
 
-    def __init__(self, program: ExportedProgram) -> None:
+    def __init__(self, program: ExportedProgram, fallback: dict[str, torch.Tensor] | None = None) -> None:
         signature = program.graph_signature
         self._program = program
+        self._fallback = fallback or {}
         self._sources: dict[str, str] = {}
         self._sources.update(signature.inputs_to_parameters)
         self._sources.update(signature.inputs_to_buffers)
@@ -97,9 +126,12 @@ class ConstantResolver:
         key = self._sources.get(node.name)
         if key is None:
             return None
-        if key in self._program.state_dict:
-            return self._program.state_dict[key]
-        return self._program.constants.get(key)
+        value = self._program.state_dict.get(key, self._program.constants.get(key))
+        if isinstance(value, FakeTensor):
+            # to_edge_transform_and_lower partitions a copy holding fake tensors; the post-quantization state dict,
+            # when the user gives one, has the real values.
+            value = self._fallback.get(key)
+        return value
 
 
 def read_qparams(node: Node, constants: ConstantResolver) -> QParams | None:
@@ -111,8 +143,8 @@ def read_qparams(node: Node, constants: ConstantResolver) -> QParams | None:
         scale_values = constants.value(scales) if isinstance(scales, Node) else scales
         zp_values = constants.value(zero_points) if isinstance(zero_points, Node) else zero_points
         return QParams(
-            scale=tuple(float(s) for s in torch.as_tensor(scale_values).flatten().tolist()),
-            zero_point=tuple(int(z) for z in torch.as_tensor(zp_values).flatten().tolist()),
+            scale=None if scale_values is None else tuple(torch.as_tensor(scale_values).flatten().tolist()),
+            zero_point=None if zp_values is None else tuple(int(z) for z in torch.as_tensor(zp_values).flatten()),
             qmin=int(qmin), qmax=int(qmax), dtype=dtype, axis=int(axis),
         )
     scale, zero_point, qmin, qmax, dtype = node.args[1:6]
@@ -154,8 +186,8 @@ class ClusterIndex:
     `is_fusable(node)` tells whether an activation node may be fused into the compute node before it.
     """
 
-    def __init__(self, program: ExportedProgram, is_fusable) -> None:
-        self.constants = ConstantResolver(program)
+    def __init__(self, program: ExportedProgram, is_fusable, fallback: dict[str, torch.Tensor] | None = None) -> None:
+        self.constants = ConstantResolver(program, fallback)
         self._is_fusable = is_fusable
         self.clusters: list[Cluster] = []
         self.cluster_of: dict[Node, Cluster] = {}

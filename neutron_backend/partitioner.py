@@ -17,14 +17,17 @@ from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
 from torch.fx.passes.operator_support import OperatorSupportBase
 
 from neutron_backend import ops
+from neutron_backend.backend import NeutronBackend
 from neutron_backend.clusters import (
     Cluster,
     ClusterIndex,
     QParams,
+    flat_inputs,
     is_dequantize,
     is_qdq,
     op_name,
     read_qparams,
+    target_name,
 )
 from neutron_backend.compile_spec import NeutronCompileOptions, parse_compile_spec
 from neutron_backend.delegation_options import CustomDelegationOptions
@@ -34,35 +37,10 @@ from neutron_backend.report import DelegationReport, NodeEntry
 
 logger = logging.getLogger(__name__)
 
-BACKEND_ID = "NeutronBackend"
+BACKEND_ID = NeutronBackend.__name__
 # Rejecting a partition can only shrink the supported set, so re-proposal converges; this bounds it regardless.
 _MAX_PROPOSALS = 8
 QUANTIZER_EXCLUDED_KEY = "neutron_quantizer_excluded"
-
-
-def flat_inputs(node: Node) -> list[Node]:
-    """The node's tensor arguments in argument order, list arguments flattened, duplicates kept."""
-    found: list[Node] = []
-
-    def visit(value: Any) -> None:
-        if isinstance(value, Node):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
-
-    visit(node.args)
-    visit(tuple(node.kwargs.values()))
-    return found
-
-
-def target_name(node: Node) -> str:
-    """A readable operator name, e.g. 'aten.convolution.default'."""
-    key = ops.schema_key(node.target)
-    if key is None:
-        return getattr(node.target, "__name__", str(node.target))
-    name, overload = key
-    return f"{name.replace('::', '.')}.{overload}"
 
 
 def duplicate_shared_dequantize(program: ExportedProgram) -> int:
@@ -90,12 +68,11 @@ class _Context:
     """The CheckContext given to operator checks for one graph."""
 
     def __init__(self, index: ClusterIndex, formats: FormatMap, options: NeutronCompileOptions,
-                 delegation: CustomDelegationOptions, state_dict: dict[str, Any] | None) -> None:
+                 delegation: CustomDelegationOptions) -> None:
         self.index = index
         self.formats = formats
         self.target = options.target
         self.options = delegation
-        self._state_dict = state_dict or {}
 
     def _source(self, node: Node) -> Node:
         """The node behind auxiliary data movement and a dequantize, e.g. a weight placeholder."""
@@ -127,11 +104,7 @@ class _Context:
         return self.index.constants.is_constant(self._source(node))
 
     def constant(self, node: Node) -> torch.Tensor | None:
-        source = self._source(node)
-        value = self.index.constants.value(source)
-        if value is None or getattr(value, "is_fake", False) or type(value).__name__ == "FakeTensor":
-            value = self._state_dict.get(source.name, value)
-        return value
+        return self.index.constants.value(self._source(node))
 
     def is_channels_first(self, node: Node) -> bool:
         return self.formats.is_channels_first(node)
@@ -279,10 +252,9 @@ class NeutronPartitioner(Partitioner):
     def partition(self, exported_program: ExportedProgram) -> PartitionResult:
         """Tags the delegable nodes of `exported_program` for NeutronBackend and fills `self.report`."""
         duplicate_shared_dequantize(exported_program)
-        index = ClusterIndex(exported_program, self._is_fusable)
+        index = ClusterIndex(exported_program, self._is_fusable, self.post_quantization_state_dict)
         formats = FormatMap(exported_program.graph)
-        ctx = _Context(index, formats, self.compile_options, self.delegation_options,
-                       self.post_quantization_state_dict)
+        ctx = _Context(index, formats, self.compile_options, self.delegation_options)
         verdicts = {id(cluster): self._cluster_verdict(cluster, ctx) for cluster in index.clusters}
         partitions = self._partition_with_rules(exported_program, index, verdicts)
 

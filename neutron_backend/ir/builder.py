@@ -147,6 +147,18 @@ class IRBuilder:
         array = np.asarray(data)
         return self.add_tensor(name, array.shape, dtype or array.dtype.name, data=array, **quant)
 
+    def tensor_quantization(self, tensor_id: int) -> tuple[float, int]:
+        """(scale, zero point) of a per-tensor quantized tensor."""
+        self._check_tensor_id(tensor_id, "tensor")
+        quantization = self._tensors[tensor_id].quantization
+        if quantization is None or not quantization.scale or len(quantization.scale) != 1:
+            raise ValueError(f"tensor {tensor_id} ({self._tensors[tensor_id].name!r}) is not per-tensor quantized")
+        return float(quantization.scale[0]), int(quantization.zeroPoint[0])
+
+    @property
+    def num_operators(self) -> int:
+        return len(self._operators)
+
     def tensor_shape(self, tensor_id: int) -> tuple[int, ...]:
         """Returns the shape of tensor ``tensor_id``."""
         self._check_tensor_id(tensor_id, "tensor_shape")

@@ -50,14 +50,39 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
                   "quantization differ; other bounds need equal input and output qparams")
 
 
+def _convert(node: Node, ctx) -> None:
+    import numpy as np
+
+    channels_last = ctx.input_is_channels_last(node, 0)
+    x = ctx.input(node, 0)
+    output = ctx.output(node, channels_last=channels_last)
+    form = relu_form(node)
+    if form is not None:
+        ctx.builder.add_operator(form, [x], [output])
+        return
+    # Other bounds (input and output share qparams, see _check): clamp in the integer domain.
+    q = ctx.output_qparams(node)
+    steps = [(op, bound) for op, bound in zip(("MAXIMUM", "MINIMUM"), bounds(node), strict=True)
+             if np.isfinite(bound)]
+    current = x
+    for position, (op, bound) in enumerate(steps):
+        level = int(np.clip(np.round(bound / q.scale) + q.zero_point, q.qmin, q.qmax))
+        constant = ctx.builder.add_tensor(ctx.name(f"{node.name}_{op.lower()}"), [], "int8", scale=q.scale,
+                                          zero_point=q.zero_point, data=np.array(level, np.int8))
+        last = position == len(steps) - 1
+        result = output if last else ctx.new_tensor(f"{node.name}_{op.lower()}d", ctx.builder.tensor_shape(x), q)
+        ctx.builder.add_operator(op, [current, constant], [result])
+        current = result
+
+
 _CONSTRAINTS = ("bounds (0, inf), (0, 6), (-1, 1), (0, 1) map to ReLU activations; other bounds need equal "
                 "input/output qparams; fused into a preceding convolution or linear layer")
 OPERATORS = [
     NeutronOperator(name="aten.relu.default", targets=(edge("aten.relu.default"),), kind=OpKind.ACTIVATION,
                     constraints="fused into a preceding convolution or linear layer when it follows one",
-                    check=_check, fusable=_fusable),
+                    check=_check, fusable=_fusable, convert=_convert),
     NeutronOperator(name="aten.hardtanh.default", targets=(edge("aten.hardtanh.default"),),
-                    kind=OpKind.ACTIVATION, constraints=_CONSTRAINTS, check=_check, fusable=_fusable),
+                    kind=OpKind.ACTIVATION, constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert),
     NeutronOperator(name="aten.clamp.default", targets=(edge("aten.clamp.default"),), kind=OpKind.ACTIVATION,
-                    constraints=_CONSTRAINTS, check=_check, fusable=_fusable),
+                    constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert),
 ]

@@ -50,10 +50,21 @@ def _check_target(node: Node, ctx: CheckContext) -> Verdict:
     return SUPPORTED
 
 
+def _convert(node: Node, ctx) -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    channels_last = ctx.prefers_channels_last(node)
+    inputs = [ctx.input(node, i, channels_last=channels_last) for i in range(len(node.args[0]))]
+    output = ctx.output(node, channels_last=channels_last)
+    options = schema.ConcatenationOptionsT()
+    options.axis = ctx.torch_axis(node, cat_dim(node), channels_last)
+    ctx.builder.add_operator("CONCATENATION", inputs, [output], options)
+
+
 OPERATORS = [
     NeutronOperator(name="aten.cat.default", targets=(edge("aten.cat.default"),), kind=OpKind.COMPUTE,
                     constraints=("all inputs and the output share qparams; along channels each input's channels "
                                  "are a multiple of num_macs unless force_delegate_cat"),
-                    check=_check, check_target=_check_target,
+                    check=_check, check_target=_check_target, convert=_convert,
                     quantization="int8; all inputs and the output share one qparams"),
 ]

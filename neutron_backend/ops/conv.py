@@ -81,6 +81,48 @@ def _macs(node: Node) -> int:
     return numel(shape_of(node)) * numel(w[1:])
 
 
+def _convert(node: Node, ctx) -> None:
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    p = _params(node)
+    x_q = ctx.input_qparams(node, 0)
+    weights, w_q = ctx.weight(node, 1)
+    cout = weights.shape[0]
+    w_scales = np.broadcast_to(np.asarray(w_q.scale, dtype=np.float64), (cout,))
+    if p["b"] is not None:
+        bias_raw, b_q = ctx.weight(node, 2)
+        bias_float = (bias_raw.astype(np.float64) - np.asarray(b_q.zero_point)) * np.asarray(b_q.scale)
+    else:
+        bias_float = np.zeros(cout)
+    bias = np.round(bias_float / (x_q.scale * w_scales)).astype(np.int32)
+
+    x = ctx.input(node, 0, channels_last=True)
+    ph, pw = p["padding"]
+    if ph or pw:
+        x = ctx.pad(x, node, [(0, 0), (ph, ph), (pw, pw), (0, 0)])
+    depthwise = is_depthwise(node)
+    if depthwise:
+        filters, quantized_dimension = weights.transpose(1, 2, 3, 0), 3  # [1, kH, kW, Cout]
+    else:
+        filters, quantized_dimension = weights.transpose(0, 2, 3, 1), 0  # OHWI
+    filter_id = ctx.builder.add_tensor(ctx.name(f"{node.name}_weights"), filters.shape, "int8",
+                                       scale=[float(s) for s in w_scales], zero_point=0,
+                                       quantized_dimension=quantized_dimension, data=filters)
+    bias_id = ctx.builder.add_tensor(ctx.name(f"{node.name}_bias"), bias.shape, "int32",
+                                     scale=[float(s) for s in x_q.scale * w_scales], zero_point=0, data=bias)
+    output = ctx.output(node, channels_last=True)
+    options = schema.DepthwiseConv2DOptionsT() if depthwise else schema.Conv2DOptionsT()
+    options.padding = schema.Padding.VALID
+    options.strideH, options.strideW = p["stride"]
+    options.dilationHFactor, options.dilationWFactor = p["dilation"]
+    options.fusedActivationFunction = ctx.fused_activation(node)
+    if depthwise:
+        options.depthMultiplier = 1
+    ctx.builder.add_operator("DEPTHWISE_CONV_2D" if depthwise else "CONV_2D", [x, filter_id, bias_id], [output],
+                             options)
+
+
 OPERATORS = [
     NeutronOperator(
         name="aten.convolution.default",
@@ -93,5 +135,6 @@ OPERATORS = [
         check_target=_check_target,
         macs=_macs,
         weight_args=(1, 2),
+        convert=_convert,
     ),
 ]

@@ -33,8 +33,20 @@ def _check_binary(node: Node, ctx: CheckContext) -> Verdict:
     return SUPPORTED
 
 
+def _convert_binary(node: Node, ctx) -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    channels_last = ctx.prefers_channels_last(node)
+    a = ctx.input(node, 0, channels_last=channels_last)
+    b = ctx.input(node, 1, channels_last=channels_last)
+    output = ctx.output(node, channels_last=channels_last)
+    options = schema.AddOptionsT()
+    options.fusedActivationFunction = ctx.fused_activation(node)
+    ctx.builder.add_operator("ADD", [a, b], [output], options)
+
+
 OPERATORS = [
     NeutronOperator(name="aten.add.Tensor", targets=(edge("aten.add.Tensor"),), kind=OpKind.COMPUTE,
                     constraints="two tensors; alpha = 1; one input has the output's element count",
-                    check=_check_binary),
+                    check=_check_binary, convert=_convert_binary),
 ]

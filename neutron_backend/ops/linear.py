@@ -53,12 +53,38 @@ def _macs(node: Node) -> int:
     return m * k * shape_of(weight)[1]
 
 
+def _convert(node: Node, ctx) -> None:
+    import numpy as np
+    from ai_edge_litert import schema_py_generated as schema
+
+    has_bias = len(node.args) == 3
+    weight_index = 2 if has_bias else 1
+    x_q = ctx.input_qparams(node, weight_index - 1)
+    weights, w_q = ctx.weight(node, weight_index)  # [K, N] as mm consumes it
+    weights = np.ascontiguousarray(weights.T)  # FULLY_CONNECTED takes [N, K]
+    bias_id = -1
+    if has_bias:
+        bias_raw, b_q = ctx.weight(node, 0)
+        bias_float = (bias_raw.astype(np.float64).reshape(-1) - b_q.zero_point) * b_q.scale
+        bias = np.round(bias_float / (x_q.scale * w_q.scale)).astype(np.int32)
+        bias_id = ctx.builder.add_tensor(ctx.name(f"{node.name}_bias"), bias.shape, "int32",
+                                         scale=x_q.scale * w_q.scale, zero_point=0, data=bias)
+    weight_id = ctx.builder.add_tensor(ctx.name(f"{node.name}_weights"), weights.shape, "int8",
+                                       scale=w_q.scale, zero_point=0, data=weights)
+    x = ctx.input(node, weight_index - 1)
+    output = ctx.output(node, channels_last=False)
+    options = schema.FullyConnectedOptionsT()
+    options.fusedActivationFunction = ctx.fused_activation(node)
+    options.keepNumDims = False
+    ctx.builder.add_operator("FULLY_CONNECTED", [x, weight_id, bias_id], [output], options)
+
+
 _CONSTRAINTS = "rank-2 static weight (and bias); alpha = beta = 1; bias shape [P] or [1, P]"
 OPERATORS = [
     NeutronOperator(name="aten.addmm.default", targets=(edge("aten.addmm.default"),), kind=OpKind.COMPUTE,
-                    constraints=_CONSTRAINTS, check=_check, macs=_macs, weight_args=(0, 2),
+                    constraints=_CONSTRAINTS, check=_check, macs=_macs, weight_args=(0, 2), convert=_convert,
                     quantization="int8 activations; int8 symmetric per-tensor weights; int32 bias"),
     NeutronOperator(name="aten.mm.default", targets=(edge("aten.mm.default"),), kind=OpKind.COMPUTE,
-                    constraints="rank-2 static weight", check=_check, macs=_macs, weight_args=(1,),
+                    constraints="rank-2 static weight", check=_check, macs=_macs, weight_args=(1,), convert=_convert,
                     quantization="int8 activations; int8 symmetric per-tensor weights"),
 ]

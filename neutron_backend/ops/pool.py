@@ -93,19 +93,54 @@ def _check_max_target(node: Node, ctx: CheckContext) -> Verdict:
     return SUPPORTED
 
 
+def _emit_pool(node: Node, ctx, op: str, kernel, stride, padding, pad_value: int | None) -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    x = ctx.input(node, 0, channels_last=True)
+    if any(padding):
+        ph, pw = padding
+        x = ctx.pad(x, node, [(0, 0), (ph, ph), (pw, pw), (0, 0)], value=pad_value)
+    output = ctx.output(node, channels_last=True)
+    options = schema.Pool2DOptionsT()
+    options.padding = schema.Padding.VALID
+    options.filterHeight, options.filterWidth = kernel
+    options.strideH, options.strideW = stride
+    options.fusedActivationFunction = ctx.fused_activation(node)
+    ctx.builder.add_operator(op, [x], [output], options)
+
+
+def _convert_avg(node: Node, ctx) -> None:
+    p = pool_params(node)
+    _emit_pool(node, ctx, "AVERAGE_POOL_2D", p["kernel"], p["stride"], p["padding"], None)
+
+
+def _convert_adaptive(node: Node, ctx) -> None:
+    h, w = shape_of(node.args[0])[2:]
+    oh, ow = shape_of(node)[2:]
+    kernel = (h // oh, w // ow)
+    _emit_pool(node, ctx, "AVERAGE_POOL_2D", kernel, kernel, (0, 0), None)
+
+
+def _convert_max(node: Node, ctx) -> None:
+    p = pool_params(node)
+    # Max pooling pads with the dtype minimum, so padding never wins the max.
+    _emit_pool(node, ctx, "MAX_POOL_2D", p["kernel"], p["stride"], p["padding"], -128)
+
+
 OPERATORS = [
     NeutronOperator(name="aten.avg_pool2d.default", targets=(edge("aten.avg_pool2d.default"),),
                     kind=OpKind.COMPUTE, constraints=("no ceil_mode; no divisor_override; kernel, stride <= 4096; "
                                                       "padding only with count_include_pad"),
-                    check=_check_avg, check_target=_check_avg_target,
+                    check=_check_avg, check_target=_check_avg_target, convert=_convert_avg,
                     quantization="int8; output shares the input's qparams"),
     NeutronOperator(name="aten._adaptive_avg_pool2d.default",
                     targets=(edge("aten._adaptive_avg_pool2d.default"),), kind=OpKind.COMPUTE,
                     constraints="input size divisible by output size; resulting kernel, stride <= 4096",
-                    check=_check_adaptive, quantization="int8; output shares the input's qparams"),
+                    check=_check_adaptive, convert=_convert_adaptive,
+                    quantization="int8; output shares the input's qparams"),
     NeutronOperator(name="aten.max_pool2d_with_indices.default",
                     targets=(edge("aten.max_pool2d_with_indices.default"), edge("aten.max_pool2d.default")),
                     kind=OpKind.COMPUTE, constraints="dilation 1; no ceil_mode; indices unused; stride <= 4096",
-                    check=_check_max, check_target=_check_max_target,
+                    check=_check_max, check_target=_check_max_target, convert=_convert_max,
                     quantization="int8; output shares the input's qparams"),
 ]

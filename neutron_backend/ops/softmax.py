@@ -19,6 +19,8 @@ from neutron_backend.ops.edge import edge
 MAX_CHANNELS = 2040
 MAX_OTHER = 4096
 MAX_TOTAL = 524288
+OUTPUT_SCALE = 1.0 / 256.0
+OUTPUT_ZERO_POINT = -128
 
 
 def _channel_axis(node: Node, ctx: CheckContext) -> int:
@@ -33,7 +35,22 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
     if dim != axis:
         return reject(f"softmax over dim {dim} of a tensor of shape {list(shape)}; Neutron computes softmax over "
                       f"the channel dim ({axis}) only")
+    output_q = ctx.output_qparams(node)
+    if output_q is not None and (abs(output_q.scale - OUTPUT_SCALE) > 1e-9 or output_q.zero_point != OUTPUT_ZERO_POINT):
+        return reject(f"output quantized with scale {output_q.scale:.6g}, zero point {output_q.zero_point}; int8 "
+                      f"softmax needs scale 1/256 and zero point {OUTPUT_ZERO_POINT} (NeutronQuantizer fixes them)")
     return SUPPORTED
+
+
+def _convert(node: Node, ctx) -> None:
+    from ai_edge_litert import schema_py_generated as schema
+
+    channels_last = ctx.prefers_channels_last(node)
+    x = ctx.input(node, 0, channels_last=channels_last)
+    output = ctx.output(node, channels_last=channels_last)
+    options = schema.SoftmaxOptionsT()
+    options.beta = 1.0
+    ctx.builder.add_operator("SOFTMAX", [x], [output], options)
 
 
 def _check_target(node: Node, ctx: CheckContext) -> Verdict:
@@ -53,6 +70,6 @@ OPERATORS = [
     NeutronOperator(name="aten._softmax.default", targets=(edge("aten._softmax.default"),), kind=OpKind.COMPUTE,
                     constraints=(f"over the channel dim; C <= {MAX_CHANNELS}; product of other dims <= {MAX_OTHER}; "
                                  f"total <= {MAX_TOTAL}"),
-                    check=_check, check_target=_check_target,
+                    check=_check, check_target=_check_target, convert=_convert,
                     quantization="int8; output fixed at scale 1/256, zero point -128"),
 ]
