@@ -89,7 +89,8 @@ def emulate(program: Any, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
             arguments.append(ep.state_dict[spec.target])
         else:
             arguments.append(ep.constants[spec.target])
-    outputs = _Emulator(ep.graph_module).run(*arguments, enable_io_processing=False)
+    with torch.no_grad():
+        outputs = _Emulator(ep.graph_module).run(*arguments, enable_io_processing=False)
     return tuple(
         value
         for value, spec in zip(outputs, signature.output_specs, strict=True)
