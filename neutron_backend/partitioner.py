@@ -33,6 +33,7 @@ from neutron_backend.compile_spec import NeutronCompileOptions, parse_compile_sp
 from neutron_backend.delegation_options import CustomDelegationOptions
 from neutron_backend.ir.formats import FormatMap
 from neutron_backend.ops.base import OpKind, Verdict, reject
+from neutron_backend.quantizer.quantizer import EXCLUDED_META_KEY
 from neutron_backend.report import DelegationReport, NodeEntry
 
 logger = logging.getLogger(__name__)
@@ -40,7 +41,6 @@ logger = logging.getLogger(__name__)
 BACKEND_ID = NeutronBackend.__name__
 # Rejecting a partition can only shrink the supported set, so re-proposal converges; this bounds it regardless.
 _MAX_PROPOSALS = 8
-QUANTIZER_EXCLUDED_KEY = "neutron_quantizer_excluded"
 
 
 def duplicate_shared_dequantize(program: ExportedProgram) -> int:
@@ -182,7 +182,8 @@ class NeutronPartitioner(Partitioner):
 
     def _cluster_verdict(self, cluster: Cluster, ctx: _Context) -> Verdict:
         head = cluster.head
-        excluded = head.meta.get(QUANTIZER_EXCLUDED_KEY)
+        # The quantizer leaves its reason in meta["custom"], which survives export and to_edge.
+        excluded = head.meta.get("custom", {}).get(EXCLUDED_META_KEY)
         if cluster.problem is not None:
             if excluded:
                 return reject(f"left in float by the quantizer configuration ({excluded})")
