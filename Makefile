@@ -15,14 +15,14 @@ $(STAMP): pyproject.toml | $(PY)
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check neutron_backend tests bench
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
 	$(VENV)/bin/neutron demo
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check neutron_backend tests bench
+	$(VENV)/bin/ruff check .
 
 ops-table: $(STAMP)
 	$(PY) -m neutron_backend.ops.support_table > docs/op-support.csv
