@@ -25,6 +25,7 @@ from neutron_backend.clusters import (
     is_dequantize,
     is_getitem,
     is_quantize,
+    op_name,
     read_qparams,
     target_name,
 )
@@ -52,6 +53,9 @@ class LoweringError(RuntimeError):
 class _Value:
     tensor: int
     channels_last: bool
+    # Set when a channels-last image was flattened without transposing back: the (C, H, W) it came from, so a
+    # linear layer consuming it permutes its weight columns instead (saves a TRANSPOSE).
+    flattened_from: tuple[int, int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -189,6 +193,24 @@ class ConversionContext:
     def input_is_channels_last(self, node: Node, index: int) -> bool:
         return self.value_of(flat_inputs(node)[index]).channels_last
 
+    def input_flattened_from(self, node: Node, index: int) -> tuple[int, int, int] | None:
+        """(C, H, W) when the input is a channels-last image flattened in NHWC order, else None."""
+        return self.value_of(flat_inputs(node)[index]).flattened_from
+
+    def feeds_only_linear_inputs(self, node: Node) -> bool:
+        """Whether every consumer of the node's value, inside this partition, is the input of a linear layer."""
+        cluster = self.index.cluster_of.get(node)
+        if cluster is None or node is not cluster.head or not cluster.quantized_outputs:
+            return False
+        for quantize in cluster.quantized_outputs:
+            for dequantize in quantize.users:
+                if not is_dequantize(dequantize):
+                    return False
+                for user in dequantize.users:
+                    if op_name(user) not in ("addmm", "mm") or flat_inputs(user)[-2] is not dequantize:
+                        return False
+        return True
+
     def transpose(self, tensor: int, node: Node, to_channels_last: bool) -> int:
         """`tensor` (the value of `node`) permuted to/from channels-last; one TRANSPOSE per value and direction."""
         key = (tensor, to_channels_last)
@@ -214,13 +236,13 @@ class ConversionContext:
         return self.builder.add_tensor(self.name(base), list(shape), _torch_dtype_name(qparams.dtype),
                                        scale=qparams.scale, zero_point=qparams.zero_point)
 
-    def output(self, node: Node, channels_last: bool) -> int:
+    def output(self, node: Node, channels_last: bool, flattened_from: tuple[int, int, int] | None = None) -> int:
         """Creates the IR tensor for the value `node` produces (its cluster's output) in the given layout."""
         qparams = self.output_qparams(node)
         shape = shape_of(node)
         ir_shape = to_channels_last_shape(shape) if channels_last and len(shape) >= 3 else shape
         tensor = self.new_tensor(node.name, ir_shape, qparams)
-        value = _Value(tensor, channels_last and len(shape) >= 3)
+        value = _Value(tensor, channels_last and len(shape) >= 3, flattened_from)
         self.values[node] = value
         cluster = self.index.cluster_of.get(node)
         if cluster is not None and node is cluster.head:

@@ -62,6 +62,12 @@ def _convert(node: Node, ctx) -> None:
     x_q = ctx.input_qparams(node, weight_index - 1)
     weights, w_q = ctx.weight(node, weight_index)  # [K, N] as mm consumes it
     weights = np.ascontiguousarray(weights.T)  # FULLY_CONNECTED takes [N, K]
+    flattened_from = ctx.input_flattened_from(node, weight_index - 1)
+    if flattened_from is not None:
+        # The input is an image flattened in NHWC order: reorder the weight columns from (C, H, W) to (H, W, C).
+        channels, height, width = flattened_from
+        weights = np.ascontiguousarray(
+            weights.reshape(-1, channels, height, width).transpose(0, 2, 3, 1).reshape(weights.shape[0], -1))
     bias_id = -1
     if has_bias:
         bias_raw, b_q = ctx.weight(node, 0)

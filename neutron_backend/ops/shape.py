@@ -18,8 +18,15 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
 
 
 def _convert_view(node: Node, ctx) -> None:
-    x = ctx.input(node, 0, channels_last=False)
-    output = ctx.output(node, channels_last=False)
+    in_shape, out_shape = shape_of(node.args[0]), shape_of(node)
+    flattens_image = len(in_shape) == 4 and list(out_shape) == [in_shape[0], in_shape[1] * in_shape[2] * in_shape[3]]
+    if flattens_image and ctx.input_is_channels_last(node, 0) and ctx.feeds_only_linear_inputs(node):
+        # Flatten in NHWC order; the linear layer permutes its weights to match (no TRANSPOSE needed).
+        x = ctx.input(node, 0)
+        output = ctx.output(node, channels_last=False, flattened_from=tuple(in_shape[1:]))
+    else:
+        x = ctx.input(node, 0, channels_last=False)
+        output = ctx.output(node, channels_last=False)
     ctx.builder.add_operator("RESHAPE", [x, ctx.int32_constant(f"{node.name}_shape", shape_of(node))], [output])
 
 
