@@ -87,14 +87,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from neutron_backend.pipeline import compile_model
+    from neutron_backend.quantizer.calibration import random_batches
     from neutron_backend.verify import verify
 
-    print(f"Quantizing, partitioning and lowering CifarNet for {args.target} ...")
+    print(f"Quantizing CifarNet (calibrated on 16 seeded random batches), partitioning and lowering it for "
+          f"{args.target} ...")
     model, example_inputs = _load_model("cifarnet")
-    compiled = compile_model(model, example_inputs, args.target, progress=not args.quiet)
+    compiled = compile_model(model, example_inputs, args.target, calibration_batches=random_batches(example_inputs),
+                             progress=not args.quiet)
     output = Path(args.output)
     output.write_bytes(compiled.pte)
-    print(compiled.report)
+    print(compiled.report.summary())
     print(f"\nwrote {output} ({len(compiled.pte):,} bytes; emulation payload, runs on this PC)")
     generator = torch.Generator().manual_seed(1)
     samples = [(torch.randn(example_inputs[0].shape, generator=generator),) for _ in range(DEMO_SAMPLES)]

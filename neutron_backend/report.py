@@ -65,12 +65,26 @@ class DelegationReport:
             "nodes": [asdict(entry) for entry in self.nodes],
         }
 
+    def _headline(self) -> str:
+        return (f"Neutron delegation report for {self.target}: {self.num_partitions} partition(s), "
+                f"{sum(e.delegated for e in self.nodes)}/{len(self.nodes)} nodes delegated, "
+                f"{100 * self.delegated_mac_fraction:.1f}% of {self.total_macs:,} MACs on the NPU")
+
+    def summary(self) -> str:
+        """The headline and the operator nodes only (quantize/dequantize and getitem nodes left out)."""
+        plumbing = ("quantized_decomposed.", "getitem")
+        shown = [e for e in self.nodes if not e.target.startswith(plumbing)]
+        name_width = max([len(e.name) for e in shown] + [13])
+        target_width = max([len(e.target) for e in shown] + [6])
+        lines = [self._headline(), f"{'operator node':<{name_width}}  {'target':<{target_width}}  where    reason"]
+        for e in shown:
+            where = f"NPU[{e.partition}]" if e.delegated else "CPU"
+            lines.append(f"{e.name:<{name_width}}  {e.target:<{target_width}}  {where:<7}  {e.reason}".rstrip())
+        lines.append(f"({len(self.nodes) - len(shown)} quantize/dequantize/getitem nodes follow their operators)")
+        return "\n".join(lines)
+
     def __str__(self) -> str:
-        lines = [
-            f"Neutron delegation report for {self.target}: {self.num_partitions} partition(s), "
-            f"{sum(e.delegated for e in self.nodes)}/{len(self.nodes)} nodes delegated, "
-            f"{100 * self.delegated_mac_fraction:.1f}% of {self.total_macs:,} MACs on the NPU",
-        ]
+        lines = [self._headline()]
         width_name = max([len(e.name) for e in self.nodes] + [4])
         width_target = max([len(e.target) for e in self.nodes] + [6])
         lines.append(f"{'node':<{width_name}}  {'target':<{width_target}}  where    reason")
