@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
@@ -34,8 +33,7 @@ def _write_intermediate(options: NeutronCompileOptions, lowered: LoweredPartitio
     if options.intermediates_dir is None:
         return
     options.intermediates_dir.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(lowered.tflite).hexdigest()[:12]
-    path = options.intermediates_dir / f"neutron_partition_{digest}{suffix}"
+    path = options.intermediates_dir / f"{lowered.file_stem}{suffix}"
     path.write_bytes(data)
     logger.info("wrote %s", path)
 

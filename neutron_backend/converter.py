@@ -19,7 +19,6 @@ converter's valid option names.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import json
@@ -153,11 +152,6 @@ def _timeout(timeout: float | None) -> float:
     return timeout
 
 
-def _partition_stem(lowered: LoweredPartition) -> str:
-    """Returns the file stem NeutronBackend uses for this partition's intermediates."""
-    return f"neutron_partition_{hashlib.sha256(lowered.tflite).hexdigest()[:12]}"
-
-
 def _tail(log: str) -> str:
     """Returns the end of `log` that fits the error-message budget, saying how much was left out."""
     lines = log.rstrip().splitlines()
@@ -236,7 +230,7 @@ def _keep_artifacts(job_dir: Path, lowered: LoweredPartition, options: NeutronCo
     if destination is None:
         return
     destination.mkdir(parents=True, exist_ok=True)
-    stem = _partition_stem(lowered)
+    stem = lowered.file_stem
     if options.intermediates_dir is not None:
         (destination / f"{stem}.converter.log").write_text(log, encoding="utf-8")
     for path in produced:
@@ -287,7 +281,7 @@ def convert_partition(
         elapsed = time.monotonic() - started
         _keep_artifacts(job_dir, lowered, options, log)
         saved = (
-            f" (full log: {options.intermediates_dir / (_partition_stem(lowered) + '.converter.log')})"
+            f" (full log: {options.intermediates_dir / (lowered.file_stem + '.converter.log')})"
             if options.intermediates_dir is not None
             else ""
         )

@@ -7,6 +7,7 @@ consumer needs the other layout.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 
@@ -66,6 +67,11 @@ class LoweredPartition:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     num_operators: int
+
+    @property
+    def file_stem(self) -> str:
+        """The name under which this partition's intermediates are written (stable for the same IR)."""
+        return f"neutron_partition_{hashlib.sha256(self.tflite).hexdigest()[:12]}"
 
 
 def _is_fusable(node: Node) -> bool:

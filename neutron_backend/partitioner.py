@@ -136,6 +136,10 @@ class NeutronPartitioner(Partitioner):
                  post_quantization_state_dict: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         self.compile_options = parse_compile_spec(compile_spec)
+        if self.compile_options.neutron_converter_flavor is not None:
+            from neutron_backend.converter import require_converter
+
+            require_converter(self.compile_options)  # a named flavor must be installed: fail now, not after lowering
         if custom_delegation_options is not None and not isinstance(custom_delegation_options,
                                                                     CustomDelegationOptions):
             raise TypeError(f"custom_delegation_options must be a CustomDelegationOptions, got "
