@@ -44,3 +44,15 @@ def test_unknown_attribute_is_an_attribute_error():
 
     with pytest.raises(AttributeError, match="no attribute 'NeutronThing'"):
         neutron_backend.NeutronThing  # noqa: B018
+
+
+def test_named_flavor_not_installed_fails_when_the_partitioner_is_made():
+    import pytest
+
+    from neutron_backend import NeutronPartitioner, generate_neutron_compile_spec
+    from neutron_backend.converter import ConverterNotInstalledError
+
+    spec = generate_neutron_compile_spec("imxrt700", neutron_converter_flavor="SDK_25_06")
+    with pytest.raises(ConverterNotInstalledError, match="neutron_converter_SDK_25_06") as error:
+        NeutronPartitioner(spec)
+    assert "pip install" in str(error.value)
