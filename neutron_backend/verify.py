@@ -1,0 +1,286 @@
+"""Numerical verification of a lowered ``.pte`` against the quantized PyTorch model (DESIGN.md §7).
+
+The quantized model (the GraphModule from ``convert_pt2e``) is the reference. LiteRT's reference kernels
+requantize in fixed point, torch in float, so a difference of about one output quantization step is expected;
+:func:`verify` measures it in those steps, plus top-1 agreement for classifiers::
+
+    result = verify("model.pte", quantized, [(x,) for x in images], float_model=model, labels=targets)
+    assert result.max_error_steps <= 1 and result.top1_agreement >= 0.99
+    print(result)
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["VerifyResult", "output_scales", "verify"]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """How closely a ``.pte`` reproduces its reference over a set of inputs.
+
+    Errors are ``|pte - reference|`` over every element of every output; "steps" divide them by the output's
+    quantization scale (``max_error_steps`` rounded to 4 decimals, absorbing float32 rounding). Top-1 figures
+    are fractions in [0, 1] over samples: every batch item (first dim) of the first output, ranked by argmax over
+    its remaining elements. Accuracies are only set when labels were given, the float-model figures only when a
+    float model was.
+    """
+
+    num_samples: int
+    max_abs_error: float
+    max_error_steps: float
+    mean_error_steps: float
+    top1_agreement: float
+    output_scales: tuple[float, ...]
+    num_top1_samples: int
+    top1_agreement_with_float: float | None = None
+    reference_top1_agreement_with_float: float | None = None
+    pte_accuracy: float | None = None
+    reference_accuracy: float | None = None
+    float_accuracy: float | None = None
+
+    def __str__(self) -> str:
+        scales = ", ".join(f"{s:.6g}" for s in self.output_scales)
+        lines = [
+            f"verified on {self.num_samples} input(s) ({self.num_top1_samples} top-1 sample(s)), "
+            f"output scale(s) {scales}",
+            f"  max |pte - reference| = {self.max_abs_error:.6g} "
+            f"({self.max_error_steps:.3g} step(s); mean {self.mean_error_steps:.3g} step(s))",
+            f"  top-1 agreement with the reference: {100 * self.top1_agreement:.2f}%",
+        ]
+        if self.top1_agreement_with_float is not None:
+            lines.append(f"  top-1 agreement with the float model: {100 * self.top1_agreement_with_float:.2f}% "
+                         f"(reference: {100 * self.reference_top1_agreement_with_float:.2f}%)")
+        if self.pte_accuracy is not None:
+            accuracies = [f"pte {100 * self.pte_accuracy:.2f}%", f"reference {100 * self.reference_accuracy:.2f}%"]
+            if self.float_accuracy is not None:
+                accuracies.append(f"float {100 * self.float_accuracy:.2f}%")
+            lines.append("  accuracy: " + ", ".join(accuracies))
+        return "\n".join(lines)
+
+
+# Errors in steps are rounded to this many decimals: outputs are float32 dequantized values, so a difference
+# of exactly one step reads as e.g. 1.0000004 steps before rounding.
+_STEP_DECIMALS = 4
+
+
+def _is_dequantize(node: torch.fx.Node) -> bool:
+    """A per-tensor dequantize (ATen or edge dialect)."""
+    return node.op == "call_function" and "dequantize_per_tensor" in str(node.target)
+
+
+def _attribute(module: torch.nn.Module, dotted: str) -> Any:
+    value: Any = module
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _scale_value(module: torch.fx.GraphModule, value: Any) -> float:
+    if isinstance(value, torch.fx.Node) and value.op == "get_attr":
+        value = _attribute(module, value.target)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise ValueError(f"the final dequantize has {value.numel()} scales; expected a per-tensor scale")
+        value = value.item()
+    if not isinstance(value, int | float):
+        raise ValueError(f"cannot read a constant scale from the final dequantize (got {value!r})")
+    return float(value)
+
+
+def output_scales(reference: torch.nn.Module) -> tuple[float, ...]:
+    """The quantization scale of each output of a quantized GraphModule (from ``convert_pt2e``), read from the
+    per-tensor dequantize node that produces it.
+
+    Raises ValueError when an output is not produced by a per-tensor dequantize (e.g. a float model, or an
+    output computed in float after the last dequantize); pass ``output_scale`` to :func:`verify` then.
+    """
+    graph = getattr(reference, "graph", None)
+    if not isinstance(graph, torch.fx.Graph):
+        raise ValueError(f"cannot read output scales from a {type(reference).__name__}: the reference is not a "
+                         "torch.fx.GraphModule (the output of convert_pt2e); pass output_scale explicitly")
+    output_node = next(node for node in reversed(graph.nodes) if node.op == "output")
+    scales = []
+    for index, leaf in enumerate(_flatten(output_node.args[0])):
+        if not isinstance(leaf, torch.fx.Node) or not _is_dequantize(leaf):
+            described = leaf.format_node() if isinstance(leaf, torch.fx.Node) else repr(leaf)
+            raise ValueError(f"output {index} of the reference is not produced by a per-tensor dequantize "
+                             f"({described}); pass output_scale explicitly")
+        scale_arg = leaf.args[1] if len(leaf.args) > 1 else leaf.kwargs.get("scale")
+        scales.append(_scale_value(reference, scale_arg))
+    return tuple(scales)
+
+
+def _flatten(value: Any) -> list[Any]:
+    if isinstance(value, list | tuple):
+        return [leaf for item in value for leaf in _flatten(item)]
+    if isinstance(value, dict):
+        return [leaf for item in value.values() for leaf in _flatten(item)]
+    return [value]
+
+
+def _as_outputs(value: Any, who: str) -> tuple[torch.Tensor, ...]:
+    leaves = _flatten(value)
+    for index, leaf in enumerate(leaves):
+        if not isinstance(leaf, torch.Tensor):
+            raise TypeError(f"{who} output {index} is a {type(leaf).__name__}, not a torch.Tensor")
+    return tuple(leaves)
+
+
+def _as_inputs(sample: Any, index: int) -> tuple[torch.Tensor, ...]:
+    if isinstance(sample, torch.Tensor):
+        return (sample,)
+    if isinstance(sample, list | tuple) and all(isinstance(x, torch.Tensor) for x in sample):
+        return tuple(sample)
+    raise TypeError(f"input sample {index} must be a tensor or a tuple of tensors, got {type(sample).__name__}")
+
+
+def _remove_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
+def _load(pte_path_or_program: Any) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """A callable running the ``.pte``: from a path, raw bytes, an ExecutorchProgramManager, or a callable."""
+    from neutron_backend.runtime import load_pte
+
+    if isinstance(pte_path_or_program, str | os.PathLike):
+        return load_pte(pte_path_or_program)
+    buffer = getattr(pte_path_or_program, "buffer", None)
+    if isinstance(pte_path_or_program, bytes | bytearray) or isinstance(buffer, bytes | bytearray):
+        data = bytes(pte_path_or_program if buffer is None else buffer)
+        # ExecuTorch's runtime loads programs from files; the file is kept until the process exits, since
+        # the loaded program may keep reading it.
+        handle = tempfile.NamedTemporaryFile(prefix="neutron_verify_", suffix=".pte", delete=False)
+        with handle:
+            handle.write(data)
+        atexit.register(_remove_quietly, handle.name)
+        logger.debug("verify: wrote the program to %s", handle.name)
+        return load_pte(handle.name)
+    if callable(pte_path_or_program):
+        return pte_path_or_program
+    raise TypeError(f"expected a .pte path, its bytes, an ExecutorchProgramManager or a loaded program, got "
+                    f"{type(pte_path_or_program).__name__}")
+
+
+def _top1(output: torch.Tensor) -> torch.Tensor:
+    """Argmax per batch item (first dim) over the remaining elements."""
+    flat = output.reshape(1, -1) if output.dim() < 2 else output.reshape(output.shape[0], -1)
+    return flat.argmax(dim=1)
+
+
+def verify(
+    pte_path_or_program: Any,
+    reference: torch.nn.Module,
+    inputs: Iterable[tuple[torch.Tensor, ...]],
+    *,
+    float_model: torch.nn.Module | None = None,
+    labels: Iterable[torch.Tensor | int] | None = None,
+    output_scale: float | Sequence[float] | None = None,
+) -> VerifyResult:
+    """Runs every input sample through the ``.pte`` (on the host, :func:`neutron_backend.runtime.load_pte`)
+    and through ``reference`` (the quantized GraphModule from ``convert_pt2e``) and compares them.
+
+    ``pte_path_or_program`` is a ``.pte`` path, its bytes, an ExecutorchProgramManager or an already loaded
+    program (anything callable as ``program(*inputs) -> tuple[Tensor, ...]``). Each input sample is a tuple of
+    tensors (a bare tensor is taken as a 1-tuple). Output scales are read from the reference's final dequantize
+    nodes unless ``output_scale`` (one float, or one per output) is given. With ``float_model``, top-1 agreement
+    with it is reported too; with ``labels`` (one per sample: a class index, or a tensor of one per batch item),
+    accuracies of the ``.pte``, the reference and the float model.
+
+    Returns a :class:`VerifyResult`. Raises ValueError for empty inputs, a different number or shape of outputs
+    between the ``.pte`` and the reference, or labels not matching the samples.
+    """
+    if output_scale is None:
+        scales = output_scales(reference)
+    else:
+        scales = (float(output_scale),) if isinstance(output_scale, int | float) else tuple(map(float, output_scale))
+        if not scales or any(not math.isfinite(s) or s <= 0 for s in scales):
+            raise ValueError(f"output scales must be positive and finite, got {scales}")
+    program = _load(pte_path_or_program)
+    label_list = None if labels is None else list(labels)
+
+    num_samples = 0
+    num_elements = 0
+    max_abs = 0.0
+    max_steps = 0.0
+    sum_steps = 0.0
+    top1_pte: list[torch.Tensor] = []
+    top1_ref: list[torch.Tensor] = []
+    top1_float: list[torch.Tensor] = []
+    with torch.no_grad():
+        for index, sample in enumerate(inputs):
+            args = _as_inputs(sample, index)
+            actual = _as_outputs(program(*args), "the .pte")
+            expected = _as_outputs(reference(*args), "the reference")
+            if len(actual) != len(expected):
+                raise ValueError(f"sample {index}: the .pte returned {len(actual)} output(s) but the reference "
+                                 f"{len(expected)}")
+            if len(scales) == 1 and len(expected) > 1:
+                scales = scales * len(expected)
+            if len(scales) != len(expected):
+                raise ValueError(f"{len(scales)} output scale(s) given for {len(expected)} output(s)")
+            for number, (got, want, scale) in enumerate(zip(actual, expected, scales, strict=True)):
+                if got.shape != want.shape:
+                    raise ValueError(f"sample {index}, output {number}: the .pte returned shape {list(got.shape)} "
+                                     f"but the reference {list(want.shape)}")
+                diff = (got.double() - want.double()).abs()
+                if diff.numel():
+                    max_abs = max(max_abs, diff.max().item())
+                    max_steps = max(max_steps, round(diff.max().item() / scale, _STEP_DECIMALS))
+                    sum_steps += diff.sum().item() / scale
+                    num_elements += diff.numel()
+            top1_pte.append(_top1(actual[0]))
+            top1_ref.append(_top1(expected[0]))
+            if float_model is not None:
+                float_out = _as_outputs(float_model(*args), "the float model")
+                if len(float_out) != len(expected):
+                    raise ValueError(f"sample {index}: the float model returned {len(float_out)} output(s) but the "
+                                     f"reference {len(expected)}")
+                top1_float.append(_top1(float_out[0]))
+            num_samples += 1
+    if num_samples == 0:
+        raise ValueError("verify() needs at least one input sample; `inputs` was empty")
+
+    pte_classes, ref_classes = torch.cat(top1_pte), torch.cat(top1_ref)
+    float_classes = torch.cat(top1_float) if top1_float else None
+    accuracies: dict[str, float | None] = {"pte_accuracy": None, "reference_accuracy": None, "float_accuracy": None}
+    if label_list is not None:
+        if len(label_list) != num_samples:
+            raise ValueError(f"got {len(label_list)} label(s) for {num_samples} input sample(s)")
+        targets = torch.cat([torch.as_tensor(label).reshape(-1) for label in label_list])
+        if targets.numel() != pte_classes.numel():
+            raise ValueError(f"labels hold {targets.numel()} class(es) for {pte_classes.numel()} top-1 sample(s)")
+        accuracies["pte_accuracy"] = (pte_classes == targets).double().mean().item()
+        accuracies["reference_accuracy"] = (ref_classes == targets).double().mean().item()
+        if float_classes is not None:
+            accuracies["float_accuracy"] = (float_classes == targets).double().mean().item()
+    return VerifyResult(
+        num_samples=num_samples,
+        max_abs_error=max_abs,
+        max_error_steps=max_steps,
+        mean_error_steps=sum_steps / num_elements if num_elements else 0.0,
+        top1_agreement=(pte_classes == ref_classes).double().mean().item(),
+        output_scales=scales,
+        num_top1_samples=pte_classes.numel(),
+        top1_agreement_with_float=(
+            None if float_classes is None else (pte_classes == float_classes).double().mean().item()
+        ),
+        reference_top1_agreement_with_float=(
+            None if float_classes is None else (ref_classes == float_classes).double().mean().item()
+        ),
+        **accuracies,
+    )
