@@ -335,3 +335,9 @@ def test_layout_helpers() -> None:
         to_channels_last_shape((1, 3))
     w = np.arange(2 * 3 * 4 * 5).reshape(2, 3, 4, 5)
     np.testing.assert_array_equal(conv_weight_to_ohwi(w), np.transpose(w, (0, 2, 3, 1)))
+
+
+def test_scalar_constant_is_accepted():
+    builder = IRBuilder("t")
+    index = builder.add_tensor("a", [], "int8", scale=0.1, zero_point=0, data=np.array(-5, np.int8))
+    assert builder.tensor_shape(index) == ()

@@ -221,23 +221,6 @@ NOT_REACHABLE = {
 
 
 # Known library bugs, each with its reproducer; strict, so fixing the bug turns the case into a failure to un-mark.
-_SCALAR_CONSTANT_BUG = (
-    "IRBuilder._constant_bytes (neutron_backend/ir/builder.py) rejects every 0-d (scalar) constant: "
-    "np.ascontiguousarray returns a 1-d array for 0-d input, so np.array_equal(cast, array) compares shape (1,) "
-    "with () and raises 'data of dtype int8 does not fit int8 exactly'. Reproducer: IRBuilder('t').add_tensor('a', "
-    "[], 'int8', scale=0.1, zero_point=0, data=np.array(-5, np.int8)). Fix: compare cast.reshape(dims) with array"
-)
-XFAIL = {
-    "hardtanh_minus0.5_0.75": _SCALAR_CONSTANT_BUG + " (ops/activation.py MAXIMUM/MINIMUM bound constants)",
-    "max_pool2d_padding": _SCALAR_CONSTANT_BUG + " (lowering.py pad(): PADV2 pad-value constant)",
-}
-
-
-def _params() -> list:
-    return [pytest.param(case, marks=pytest.mark.xfail(strict=True, reason=XFAIL[case])) if case in XFAIL else case
-            for case in CASES]
-
-
 def _assert_delegated(report: DelegationReport, targets: tuple[str, ...]) -> None:
     assert report.num_partitions == 1, str(report)
     present = {entry.target for entry in report.nodes}
@@ -247,7 +230,7 @@ def _assert_delegated(report: DelegationReport, targets: tuple[str, ...]) -> Non
     assert not cpu, f"operators left on the CPU: {[(e.target, e.reason) for e in cpu]}\n{report}"
 
 
-@pytest.mark.parametrize("case", _params())
+@pytest.mark.parametrize("case", list(CASES))
 def test_operator_numerics(case: str, tmp_path: Path, record_property) -> None:
     factory, shapes, targets = CASES[case]
     torch.manual_seed(0)

@@ -235,7 +235,7 @@ class IRBuilder:
             raise ValueError(f"tensor {name!r}: data shape {array.shape} does not match tensor shape {dims}")
         cast = np.ascontiguousarray(array.astype(np_dtype.newbyteorder("<")))
         # A silent wrap-around (e.g. 200 into int8) would corrupt weights; only float32 may round.
-        if np_dtype.kind != "f" and not np.array_equal(cast, array):
+        if np_dtype.kind != "f" and not np.array_equal(cast.reshape(dims), array):
             raise ValueError(
                 f"tensor {name!r}: data of dtype {array.dtype} does not fit {np_dtype.name} exactly"
             )
