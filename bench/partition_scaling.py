@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import pstats
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,11 +110,22 @@ def measure(blocks: int, repeat: int, profile: bool) -> tuple[dict, str | None]:
     return row, profile_text
 
 
+def _git(*args: str) -> str:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
 def machine() -> dict:
+    """The machine, library versions, and the code measured (commit, and whether the library had local edits)."""
     from importlib.metadata import version
 
     return dict(nproc=os.cpu_count(), python=platform.python_version(), torch=torch.__version__,
-                executorch=version("executorch"), platform=platform.platform(), processor=platform.processor())
+                executorch=version("executorch"), platform=platform.platform(), processor=platform.processor(),
+                commit=_git("rev-parse", "--short", "HEAD"),
+                library_modified=bool(_git("status", "--porcelain", "--", "neutron_backend")))
 
 
 def write(rows: list[dict], command: str, info: dict, profile_text: str | None) -> None:
@@ -133,7 +145,8 @@ def write(rows: list[dict], command: str, info: dict, profile_text: str | None) 
         f"Command: `{command}`",
         "",
         f"Machine: {info['nproc']} CPUs, Python {info['python']}, torch {info['torch']}, executorch "
-        f"{info['executorch']}, {info['platform']}",
+        f"{info['executorch']}, {info['platform']}; commit {info.get('commit', 'unknown')}"
+        f"{' with local changes to neutron_backend/' if info.get('library_modified') else ''}",
         "",
         "| blocks | nodes | quantize (s) | to_edge (s) | partition (s) | partitions | delegated nodes |",
         "|---:|---:|---:|---:|---:|---:|---:|",
