@@ -13,8 +13,6 @@ from executorch.exir.backend.partitioner import DelegationSpec, Partitioner, Par
 from executorch.exir.backend.utils import tag_constant_data
 from torch.export import ExportedProgram
 from torch.fx import Node
-from torch.fx.passes.infra.partitioner import CapabilityBasedPartitioner
-from torch.fx.passes.operator_support import OperatorSupportBase
 
 from neutron_backend import ops
 from neutron_backend.backend import NeutronBackend
@@ -108,14 +106,6 @@ class _Context:
 
     def is_channels_first(self, node: Node) -> bool:
         return self.formats.is_channels_first(node)
-
-
-class _Supported(OperatorSupportBase):
-    def __init__(self, nodes: set[Node]) -> None:
-        self.nodes = nodes
-
-    def is_node_supported(self, submodules: Any, node: Node) -> bool:
-        return node in self.nodes
 
 
 @dataclass
@@ -214,10 +204,51 @@ class NeutronPartitioner(Partitioner):
 
     # -- partitions --------------------------------------------------------------------------------------------
 
-    def _propose(self, program: ExportedProgram, supported: set[Node]) -> list[_Partition]:
-        proposer = CapabilityBasedPartitioner(program.graph_module, _Supported(supported),
-                                              allows_single_node_partition=True)
-        return [_Partition(p.id, list(p.nodes)) for p in proposer.propose_partitions()]
+    @staticmethod
+    def _propose(program: ExportedProgram, supported: set[Node], index: ClusterIndex) -> list[_Partition]:
+        """Groups supported nodes into partitions that can each become one delegate call, in linear time.
+
+        Every node gets a level that rises by one wherever a path leaves supported nodes for the CPU, and never
+        falls along an edge; all nodes of a cluster share one level. Connected supported nodes of equal level form
+        a partition: no path can leave such a partition through the CPU and come back, and partitions cannot form
+        a cycle (it would have to rise). Levels only grow between passes, so the loop ends, usually after two.
+        """
+        nodes = list(program.graph.nodes)
+        floor: dict[Node, int] = {}
+        while True:
+            level: dict[Node, int] = {}
+            for node in nodes:
+                inputs = node.all_input_nodes
+                if node in supported:
+                    level[node] = max([level[i] for i in inputs] + [floor.get(node, 0)])
+                else:
+                    level[node] = max((level[i] + (i in supported) for i in inputs), default=0)
+            changed = False
+            for cluster in {id(index.cluster_of[n]): index.cluster_of[n] for n in supported}.values():
+                members = list(cluster.nodes())
+                top = max(level[m] for m in members)
+                for member in members:
+                    if level[member] < top:
+                        floor[member], changed = top, True
+            if not changed:
+                break
+
+        parent: dict[Node, Node] = {node: node for node in nodes if node in supported}
+
+        def root(node: Node) -> Node:
+            while parent[node] is not node:
+                parent[node] = parent[parent[node]]
+                node = parent[node]
+            return node
+
+        for node in parent:
+            for source in node.all_input_nodes:
+                if source in supported and level[source] == level[node]:
+                    parent[root(source)] = root(node)
+        groups: dict[Node, list[Node]] = {}
+        for node in parent:
+            groups.setdefault(root(node), []).append(node)
+        return [_Partition(number, members) for number, members in enumerate(groups.values())]
 
     def _partition_problem(self, partition: _Partition, index: ClusterIndex) -> str | None:
         heads = {index.cluster_of[n].head for n in partition.nodes if n in index.cluster_of}
@@ -237,7 +268,7 @@ class NeutronPartitioner(Partitioner):
         accepted = [c for c in index.clusters if verdicts[id(c)]]
         for _ in range(_MAX_PROPOSALS):
             supported = {node for cluster in accepted for node in cluster.nodes()}
-            partitions = self._propose(program, supported)
+            partitions = self._propose(program, supported, index)
             rejected_any = False
             for partition in partitions:
                 problem = self._partition_problem(partition, index)

@@ -54,3 +54,35 @@ def test_cifarnet_transposes_only_at_the_input(cifarnet, tmp_path, in_ir):
     scale = compiled.quantized.graph.find_nodes(op="output")[0].args[0][0].args[1]
     assert torch.equal(host, emulated)
     assert (host - reference).abs().max().item() <= scale * 1.0001
+
+
+class _ConvPoolAdd(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y + torch.nn.functional.max_pool2d(y, 3, stride=1, padding=1)
+
+
+def test_cpu_node_between_two_supported_nodes_splits_them_without_a_cycle(tmp_path):
+    """conv -> max_pool (kept on the CPU) -> add(conv, pool): conv and add must not share a delegate."""
+    model = _ConvPoolAdd().eval()
+    example = (torch.randn(1, 3, 8, 8),)
+    batches = [(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
+    compiled = compile_model(model, example, calibration_batches=batches, progress=False,
+                             operators_not_to_delegate=["aten::max_pool2d"])
+    report = compiled.report
+    assert report.num_partitions == 2
+    conv = next(e for e in report.nodes if e.target == "aten.convolution.default")
+    add = next(e for e in report.nodes if e.target == "aten.add.Tensor")
+    pool = next(e for e in report.nodes if e.target == "aten.max_pool2d_with_indices.default")
+    assert conv.delegated and add.delegated and conv.partition != add.partition
+    assert not pool.delegated and "operators_not_to_delegate" in pool.reason
+    path = tmp_path / "split.pte"
+    path.write_bytes(compiled.pte)
+    (host,) = load_pte(path)(example[0])
+    (reference,) = compiled.quantized(example[0])
+    scale = compiled.quantized.graph.find_nodes(op="output")[0].args[0][0].args[1]
+    assert (host - reference).abs().max().item() <= scale * 1.0001
