@@ -196,7 +196,8 @@ class NeutronPartitioner(Partitioner):
             if member is None:
                 return reject(f"its input goes through {target_name(node)} ('{node.name}'), which has no Neutron "
                               "implementation")
-            if user_reason := self._excluded_by_user(node):
+            # Only fused activations run as operators; auxiliary weight moves are folded into constants.
+            if node in cluster.fused and (user_reason := self._excluded_by_user(node)):
                 return reject(f"fused {target_name(node)} is {user_reason}")
             if node in cluster.fused and not (verdict := member.verdict(node, ctx)):
                 return reject(f"fused {target_name(node)} '{node.name}': {verdict.reason}")

@@ -592,10 +592,6 @@ def test_operators_not_to_delegate_convolution(conv_relu_edge, name):
     assert report.num_partitions == 0
 
 
-@pytest.mark.xfail(strict=True, reason="library bug: partitioner.py _cluster_verdict applies operators_not_to_delegate "
-                                       "to a cluster's auxiliary nodes, so excluding aten::permute rejects every "
-                                       "nn.Linear (its weight transpose is folded, not a permute on the NPU), with "
-                                       "the reason calling that transpose 'fused'")
 def test_operators_not_to_delegate_permute_keeps_linear_delegated():
     report = _run(nn.Linear(16, 4), (1, 16), operators_not_to_delegate=["aten::permute"])
     _assert_delegated(report, ADDMM)
