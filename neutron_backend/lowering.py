@@ -19,7 +19,6 @@ from torch.fx import Node
 
 from neutron_backend import ops
 from neutron_backend.clusters import (
-    Cluster,
     ClusterIndex,
     QParams,
     flat_inputs,
@@ -33,7 +32,7 @@ from neutron_backend.clusters import (
 from neutron_backend.compile_spec import NeutronCompileOptions
 from neutron_backend.ir import IRBuilder, channels_last_perm, to_channels_last_shape
 from neutron_backend.ir.formats import FormatMap
-from neutron_backend.ops.base import OpKind, shape_of
+from neutron_backend.ops.base import shape_of
 from neutron_backend.payload import TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -74,12 +73,6 @@ class LoweredPartition:
         return f"neutron_partition_{hashlib.sha256(self.tflite).hexdigest()[:12]}"
 
 
-def _is_fusable(node: Node) -> bool:
-    operator = ops.lookup(node.target)
-    return (operator is not None and operator.kind is OpKind.ACTIVATION and operator.fusable is not None
-            and operator.fusable(node))
-
-
 def _torch_dtype_name(dtype: torch.dtype) -> str:
     return {torch.int8: "int8", torch.int32: "int32", torch.uint8: "uint8", torch.float32: "float32"}[dtype]
 
@@ -91,7 +84,7 @@ class ConversionContext:
         self.program = program
         self.options = options
         self.builder = IRBuilder(f"neutron partition for {options.target.name}")
-        self.index = ClusterIndex(program, _is_fusable)
+        self.index = ClusterIndex(program, ops.is_fusable)
         self.formats = FormatMap(program.graph)
         self.values: dict[Node, _Value] = {}
         self._transposed: dict[tuple[int, bool], int] = {}
@@ -313,7 +306,7 @@ def _runtime_inputs(program: ExportedProgram) -> list[Node]:
     return [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user_inputs]
 
 
-def _convert_node(node: Node, cluster: Cluster | None, ctx: ConversionContext) -> None:
+def _convert_node(node: Node, ctx: ConversionContext) -> None:
     operator = ops.lookup(node.target)
     if operator is None or operator.convert is None:
         raise LoweringError(f"no conversion for {target_name(node)} ('{node.name}')")
@@ -351,14 +344,14 @@ def lower_partition(program: ExportedProgram, options: NeutronCompileOptions) ->
         if is_quantize(node):
             raise LoweringError(f"quantize node '{node.name}' does not follow a converted operator")
         if cluster is not None and node in cluster.auxiliary:
-            if ctx._dequantize_of(node) is not None and ctx.index.constants.is_constant(
-                    ctx._dequantize_of(node).args[0]):
+            dequantize = ctx._dequantize_of(node)
+            if dequantize is not None and ctx.index.constants.is_constant(dequantize.args[0]):
                 continue  # folded into the constant it moves
         elif cluster is None or node is not cluster.head:
             if cluster is not None and node in cluster.fused:
                 continue
             raise LoweringError(f"'{node.name}' ({target_name(node)}) is not part of a quantized cluster")
-        _convert_node(node, cluster, ctx)
+        _convert_node(node, ctx)
 
     output_specs, output_tensors = [], []
     (results,) = [n.args[0] for n in program.graph.nodes if n.op == "output"]

@@ -30,7 +30,7 @@ from neutron_backend.clusters import (
 from neutron_backend.compile_spec import NeutronCompileOptions, parse_compile_spec
 from neutron_backend.delegation_options import CustomDelegationOptions
 from neutron_backend.ir.formats import FormatMap
-from neutron_backend.ops.base import OpKind, Verdict, reject
+from neutron_backend.ops.base import Verdict, reject
 from neutron_backend.quantizer.quantizer import EXCLUDED_META_KEY
 from neutron_backend.report import DelegationReport, NodeEntry
 
@@ -289,7 +289,7 @@ class NeutronPartitioner(Partitioner):
     def partition(self, exported_program: ExportedProgram) -> PartitionResult:
         """Tags the delegable nodes of `exported_program` for NeutronBackend and fills `self.report`."""
         duplicate_shared_dequantize(exported_program)
-        index = ClusterIndex(exported_program, self._is_fusable, self.post_quantization_state_dict)
+        index = ClusterIndex(exported_program, ops.is_fusable, self.post_quantization_state_dict)
         formats = FormatMap(exported_program.graph)
         ctx = _Context(index, formats, self.compile_options, self.delegation_options)
         verdicts = {id(cluster): self._cluster_verdict(cluster, ctx) for cluster in index.clusters}
@@ -311,12 +311,6 @@ class NeutronPartitioner(Partitioner):
                     f"Neutron: {len(partitions)} partition(s), "
                     f"{100 * self.report.delegated_mac_fraction:.1f}% of MACs delegated")
         return PartitionResult(tagged_exported_program=exported_program, partition_tags=tags)
-
-    @staticmethod
-    def _is_fusable(node: Node) -> bool:
-        operator = ops.lookup(node.target)
-        return (operator is not None and operator.kind is OpKind.ACTIVATION and operator.fusable is not None
-                and operator.fusable(node))
 
     def _report(self, program: ExportedProgram, index: ClusterIndex, verdicts: dict[int, Verdict],
                 partition_of: dict[Node, int], num_partitions: int) -> DelegationReport:

@@ -19,8 +19,8 @@ from neutron_backend.ops.base import (
     reject,
 )
 
-__all__ = ["SUPPORTED", "CheckContext", "NeutronOperator", "OpKind", "Verdict", "lookup", "operators", "reject",
-           "schema_key"]
+__all__ = ["SUPPORTED", "CheckContext", "NeutronOperator", "OpKind", "Verdict", "is_fusable", "lookup", "operators",
+           "reject", "schema_key"]
 
 _NOT_OPERATOR_MODULES = {"base", "edge", "support_table"}
 
@@ -52,6 +52,13 @@ def _registry() -> dict[tuple[str, str], NeutronOperator]:
 def operators() -> list[NeutronOperator]:
     """Every registered operator, once each, sorted by name."""
     return sorted({id(op): op for op in _registry().values()}.values(), key=lambda op: op.name)
+
+
+def is_fusable(node: Any) -> bool:
+    """Whether `node` is an activation that may run fused into the conv/linear before it."""
+    operator = lookup(node.target)
+    return (operator is not None and operator.kind is OpKind.ACTIVATION and operator.fusable is not None
+            and operator.fusable(node))
 
 
 def lookup(target: Any) -> NeutronOperator | None:
