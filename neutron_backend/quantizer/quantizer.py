@@ -95,6 +95,14 @@ class NeutronQuantizer(Quantizer):
     def _config_of(self, node: Node) -> NeutronQuantizationConfig | None:
         return self._resolve(node)[0]
 
+    def transform_for_annotation(self, model: GraphModule) -> GraphModule:
+        """Runs the rewrites of `neutron_backend.passes` (called by prepare_pt2e/prepare_qat_pt2e before
+        annotation). Returns `model`, rewritten in place."""
+        from neutron_backend.passes import run_all
+
+        run_all(model)
+        return model
+
     def annotate(self, model: GraphModule) -> GraphModule:
         """Annotates `model`'s graph in place (topological order, so a conv claims its activation before the
         activation is visited). Returns `model`."""
