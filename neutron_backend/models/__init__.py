@@ -1,20 +1,59 @@
-"""Model zoo for the demo, tests and benchmarks: `get_model(name)` returns a model and its example inputs."""
+"""Model zoo for the demo, tests and benchmarks: `get_model(name)` returns a model and its example inputs,
+`zoo_entry(name)` what it is and where it comes from.
+
+Every model is our own definition (no torchvision), with seeded weights and, where it has batchnorm, running
+statistics warmed up on random data so quantization sees realistic ranges. No pretrained weights ship.
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from neutron_backend.models import cifarnet
+from neutron_backend.models import autoencoder, cifarnet, ds_cnn, mobilenet_v1_vww, mobilenet_v2, resnet8
+from neutron_backend.models.common import warm_up_batchnorm
 
 ModelBuilder = Callable[[], tuple[nn.Module, tuple[torch.Tensor, ...]]]
 
-_REGISTRY: dict[str, ModelBuilder] = {
-    "cifarnet": cifarnet.build,
-}
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One zoo model: its registry name, builder, input shape, what it is, where it comes from, and whether its
+    output is class logits (top-1 comparisons make sense) or something else (a reconstruction)."""
+
+    name: str
+    build: ModelBuilder
+    input_shape: tuple[int, ...]
+    description: str
+    source: str
+    classifier: bool = True
+
+
+_ENTRIES = (
+    ZooEntry("cifarnet", cifarnet.build, cifarnet.INPUT_SHAPE,
+             "CifarNet: 3 conv5x5 (32/32/64) + ReLU + 2x2 max pool, FC 1024 -> 10",
+             "TensorFlow-Slim CifarNet (CIFAR-10)"),
+    ZooEntry("resnet8", resnet8.build, resnet8.INPUT_SHAPE,
+             "ResNet-8: 3 residual stacks (16/32/64 ch), avg pool, FC 64 -> 10 (CIFAR-10)",
+             "MLPerf Tiny image classification (arXiv:2106.07597)"),
+    ZooEntry("ds_cnn", ds_cnn.build, ds_cnn.INPUT_SHAPE,
+             "DS-CNN keyword spotting: conv10x4 + 4 depthwise-separable blocks (64 ch), avg pool, FC 64 -> 12",
+             "MLPerf Tiny keyword spotting; Zhang et al., Hello Edge (arXiv:1711.07128)"),
+    ZooEntry("mobilenet_v1_vww", mobilenet_v1_vww.build, mobilenet_v1_vww.INPUT_SHAPE,
+             "MobileNetV1 0.25 visual wake words: 13 depthwise-separable blocks (8..256 ch), avg pool, FC 256 -> 2",
+             "MLPerf Tiny visual wake words; Howard et al., MobileNets (arXiv:1704.04861)"),
+    ZooEntry("autoencoder", autoencoder.build, autoencoder.INPUT_SHAPE,
+             "Deep autoencoder: Linear 640 -> 128 x4 -> 8 -> 128 x4 -> 640, BatchNorm1d + ReLU",
+             "MLPerf Tiny anomaly detection (DCASE 2020 task 2 baseline)", classifier=False),
+    ZooEntry("mobilenet_v2", mobilenet_v2.build, mobilenet_v2.INPUT_SHAPE,
+             "MobileNetV2 1.0: 17 inverted residual blocks (ReLU6), 1x1 to 1280 ch, avg pool, FC 1280 -> 1000",
+             "Sandler et al., MobileNetV2 (arXiv:1801.04381)"),
+)
+_REGISTRY: dict[str, ZooEntry] = {entry.name: entry for entry in _ENTRIES}
 
 
 def list_models() -> list[str]:
@@ -22,8 +61,8 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
-    """Returns the model called `name` (case-insensitive), in eval mode, and its example inputs.
+def zoo_entry(name: str) -> ZooEntry:
+    """Returns the zoo entry called `name` (case-insensitive).
 
     Raises ValueError for an unknown name, listing the known ones and the closest match.
     """
@@ -32,46 +71,15 @@ def get_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
         close = difflib.get_close_matches(key, list_models(), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
         raise ValueError(f"unknown model {name!r}; known models: {list_models()}.{hint}")
-    return _REGISTRY[key]()
+    return _REGISTRY[key]
 
 
-_BATCHNORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-# Batch statistics of a single sample are degenerate (BatchNorm1d refuses them).
-_WARM_UP_BATCH = 8
+def get_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Returns the model called `name` (case-insensitive), in eval mode, and its example inputs.
 
-
-def warm_up_batchnorm(
-    model: nn.Module, example_inputs: tuple[torch.Tensor, ...], steps: int = 8, seed: int = 0
-) -> nn.Module:
-    """Gives the batchnorm layers of an untrained model realistic running statistics.
-
-    A fresh batchnorm in eval mode is an identity (mean 0, var 1), so activations of an untrained deep model
-    shrink towards zero and quantize to nothing. This runs `steps` seeded random batches of 8 in train mode
-    (float inputs N(0, 1) shaped like `example_inputs` past the batch dim, other inputs repeat their first
-    row), with the running statistics reset and averaged over the steps. Returns `model`, in eval mode.
+    Raises ValueError for an unknown name, listing the known ones and the closest match.
     """
-    norms = [module for module in model.modules() if isinstance(module, _BATCHNORM_TYPES)]
-    if not norms:
-        return model.eval()
-    momenta = [norm.momentum for norm in norms]
-    for norm in norms:
-        norm.reset_running_stats()
-        # momentum None: the running statistics are the plain average over all warm-up batches.
-        norm.momentum = None
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    with torch.no_grad():
-        for _ in range(steps):
-            batch = tuple(
-                torch.randn((_WARM_UP_BATCH, *x.shape[1:]), generator=generator)
-                if x.is_floating_point()
-                else x[:1].expand(_WARM_UP_BATCH, *x.shape[1:])
-                for x in example_inputs
-            )
-            model(*batch)
-    for norm, momentum in zip(norms, momenta, strict=True):
-        norm.momentum = momentum
-    return model.eval()
+    return zoo_entry(name).build()
 
 
-__all__ = ["get_model", "list_models", "warm_up_batchnorm"]
+__all__ = ["ZooEntry", "get_model", "list_models", "warm_up_batchnorm", "zoo_entry"]

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from neutron_backend.models.common import init_weights, seeded_input
+
 INPUT_SHAPE = (1, 3, 32, 32)
 NUM_CLASSES = 10
 
@@ -35,21 +37,7 @@ class CifarNet(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def init_weights(model: nn.Module, seed: int) -> nn.Module:
-    """Re-initialises every conv/linear of `model` (Kaiming-uniform weights for ReLU, small uniform biases)
-    from a generator seeded with `seed`, leaving the global RNG untouched. Returns `model`."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, nn.Conv2d | nn.Conv1d | nn.Linear):
-                nn.init.kaiming_uniform_(module.weight, nonlinearity="relu", generator=generator)
-                if module.bias is not None:
-                    module.bias.uniform_(-0.05, 0.05, generator=generator)
-    return model
-
-
 def build(seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """Returns a deterministic CifarNet in eval mode and its example inputs (one seeded 1x3x32x32 tensor)."""
     model = init_weights(CifarNet(), seed).eval()
-    example = torch.randn(INPUT_SHAPE, generator=torch.Generator().manual_seed(seed))
-    return model, (example,)
+    return model, (seeded_input(INPUT_SHAPE, seed),)
