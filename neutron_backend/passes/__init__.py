@@ -24,8 +24,9 @@ logger = logging.getLogger(__name__)
 
 @functools.cache
 def rewrites() -> tuple[ModuleType, ...]:
-    """Every rewrite module, in ORDER."""
-    modules = [importlib.import_module(f"{__name__}.{info.name}") for info in pkgutil.iter_modules(__path__)]
+    """Every rewrite module, in ORDER (modules named with a leading underscore hold shared helpers, not rewrites)."""
+    modules = [importlib.import_module(f"{__name__}.{info.name}") for info in pkgutil.iter_modules(__path__)
+               if not info.name.startswith("_")]
     return tuple(sorted(modules, key=lambda module: (module.ORDER, module.__name__)))
 
 

@@ -126,16 +126,20 @@ def _derive_bias_qparams(obs_or_fqs: list) -> tuple[torch.Tensor, torch.Tensor]:
 @dataclass(frozen=True)
 class Weighted:
     """conv/linear: input activation, weight, int32 bias derived as s_in * s_w; the output is quantized
-    after the fused batchnorm/activation tail."""
+    after the fused batchnorm/activation tail. `transposed`: the weight is per-channel on axis 1."""
 
     per_channel: bool
+    transposed: bool = False
 
     def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
         x, weight = node.args[0], node.args[1]
         bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         if not (is_float_tensor(x) and is_float_tensor(weight) and is_float_tensor(node)):
             return False
-        weight_spec = config.conv_weight if self.per_channel else config.linear_weight
+        if self.transposed:
+            weight_spec = config.conv_transpose_weight
+        else:
+            weight_spec = config.conv_weight if self.per_channel else config.linear_weight
         input_map: dict[Node, QuantizationSpecBase | None] = {x: config.activation, weight: weight_spec}
         if is_float_tensor(bias):
             input_map[bias] = DerivedQuantizationSpec(
@@ -231,6 +235,7 @@ _INDEPENDENT = Independent()
 PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
     aten.conv1d.default: Weighted(per_channel=True),
     aten.conv2d.default: Weighted(per_channel=True),
+    aten.conv_transpose2d.input: Weighted(per_channel=True, transposed=True),
     aten.linear.default: Weighted(per_channel=False),
     aten.relu.default: _INDEPENDENT,
     aten.relu_.default: _INDEPENDENT,
