@@ -1,6 +1,8 @@
-"""The `neutron` command: compile models for the Neutron NPU, run and check them on the host, list targets and ops.
+"""The `neutron` command: compile models for the NXP eIQ Neutron NPU, run and verify them on this PC, explain.
 
-Heavy imports (torch, executorch) happen inside the commands, so `neutron --help` stays fast.
+Heavy imports (torch, executorch) happen inside the commands, so `neutron --help` stays fast. Progress and
+warnings go to stderr, results to stdout (`--report json` prints nothing else there). Exit status: 0 success,
+1 the job failed, 2 a bad command line, model or data file (one line naming the bad value and what would work).
 """
 
 from __future__ import annotations
@@ -8,57 +10,175 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
+import warnings
 from pathlib import Path
+from typing import Any
 
+from neutron_backend.targets import UnknownTargetError, get_target, list_targets
+
+DEMO_MODEL = "cifarnet"
 DEMO_SAMPLES = 50
+RANDOM_VERIFY_SAMPLES = 20
+USAGE_ERROR = 2
+FAILURE = 1
+_EMULATION_NOTE = "emulation payload: runs on this PC with `neutron run`, not on a device"
+
+logger = logging.getLogger("neutron_backend.cli")
+
+
+class UsageError(Exception):
+    """A bad value on the command line; the message names it and what would be valid."""
+
+
+# -- argument types ------------------------------------------------------------------------------------------
+
+
+def _target(text: str) -> str:
+    try:
+        return get_target(text).name
+    except UnknownTargetError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or math.isinf(value):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _operator_list(values: list[str] | None) -> list[str]:
+    """--exclude-op values, each possibly comma-separated."""
+    return [name.strip() for value in values or [] for name in value.split(",") if name.strip()]
+
+
+# -- shared helpers ------------------------------------------------------------------------------------------
+
+
+def _say(args: argparse.Namespace, message: str) -> None:
+    """Progress on stderr, unless -q."""
+    if not args.quiet:
+        print(f"neutron: {message}", file=sys.stderr)
+
+
+def _load_model(spec: str):
+    from neutron_backend.pipeline import load_model
+
+    return load_model(spec)
+
+
+def _calibration(args: argparse.Namespace, loaded) -> list | None:
+    """Calibration batches from --calibration-data, else the model source's own, else None (random, warned)."""
+    if args.calibration_data is None:
+        return loaded.calibration_batches
+    from neutron_backend.pipeline import load_samples
+
+    example = loaded.example_inputs
+    samples = load_samples(args.calibration_data, [x.shape for x in example], [x.dtype for x in example])
+    _say(args, f"calibrating on {len(samples.batches)} batch(es) from {args.calibration_data}")
+    return samples.batches
+
+
+def _delegation_options(args: argparse.Namespace):
+    from neutron_backend.delegation_options import CustomDelegationOptions
+
+    return CustomDelegationOptions(force_delegate_cat=args.force_delegate_cat,
+                                   allow_no_op_partitions=args.allow_no_op_partitions,
+                                   min_compute_ops_per_partition=args.min_compute_ops)
+
+
+def _write_outputs(path: Path, outputs: list[tuple]) -> None:
+    """Saves per-sample outputs, stacked along a new first dimension, as .pt (a tuple) or .npz (output_<i>)."""
+    import torch
+
+    stacked = [torch.stack([sample[i] for sample in outputs]) for i in range(len(outputs[0]))]
+    if path.suffix == ".npz":
+        import numpy as np
+
+        np.savez(path, **{f"output_{i}": t.numpy() for i, t in enumerate(stacked)})
+    else:
+        torch.save(tuple(stacked), path)
+
+
+# -- commands ------------------------------------------------------------------------------------------------
 
 
 def _cmd_targets(args: argparse.Namespace) -> int:
-    from neutron_backend.targets import get_target, list_targets
-
-    print(f"{'target':<10} {'NPU':<20} {'MACs/cycle':>10} {'num_macs':>8} {'NPU clock':>10}  assumptions")
+    rows = [("target", "NPU", "MACs/cycle", "num_macs x pipes", "NPU clock", "CPU", "assumptions")]
     for name in list_targets():
         t = get_target(name)
-        print(f"{t.name:<10} {t.npu:<20} {t.macs_per_cycle:>10} {t.num_macs:>8} {t.npu_clock_hz / 1e6:>7.0f} MHz  "
-              f"{'; '.join(t.assumptions)}")
+        rows.append((t.name, t.npu, str(t.macs_per_cycle), f"{t.num_macs} x {t.num_pipes}",
+                     f"{t.npu_clock_hz / 1e6:.0f} MHz", f"{t.cpu} {t.cpu_clock_hz / 1e6:.0f} MHz",
+                     "; ".join(t.assumptions) or "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    if args.costs:
+        from neutron_backend.cost_model import assumptions
+
+        for name in list_targets():
+            print(f"\nLatency cost model for {name} (neutron_backend/cost_model.py):")
+            for assumption in assumptions(get_target(name)):
+                print(f"  {assumption}")
     return 0
 
 
 def _cmd_ops(args: argparse.Namespace) -> int:
-    from neutron_backend.ops.support_table import support_csv
+    from neutron_backend.ops.support_table import support_csv, support_text
 
-    print(support_csv(), end="")
+    print(support_csv(args.target) if args.csv else support_text(args.target), end="")
     return 0
 
 
-def _load_model(name: str):
-    from neutron_backend.models import get_model, list_models
+def _cmd_models(args: argparse.Namespace) -> int:
+    from neutron_backend.models import list_models, zoo_entry
 
-    if name not in list_models():
-        raise SystemExit(f"neutron: unknown model {name!r}; zoo models: {', '.join(list_models())}")
-    return get_model(name)
+    entries = [zoo_entry(name) for name in list_models()]
+    width = max(len(e.name) for e in entries)
+    shape_width = max(len(str(list(e.input_shape))) for e in entries)
+    for e in entries:
+        print(f"{e.name:<{width}}  {str(list(e.input_shape)):<{shape_width}}  {e.description}")
+    return 0
 
 
 def _cmd_compile(args: argparse.Namespace) -> int:
-    from neutron_backend.delegation_options import CustomDelegationOptions
     from neutron_backend.pipeline import compile_model
 
-    model, example_inputs = _load_model(args.model)
-    options = CustomDelegationOptions(allow_no_op_partitions=args.allow_no_op_partitions,
-                                      force_delegate_cat=args.force_delegate_cat)
-    compiled = compile_model(model, example_inputs, args.target, delegation_options=options,
-                             progress=not args.quiet, neutron_converter_flavor=args.flavor,
-                             operators_not_to_delegate=args.operators_not_to_delegate or None,
-                             intermediates_dir=args.intermediates_dir)
-    output = Path(args.output or f"{args.model}.pte")
+    loaded = _load_model(args.model)
+    _say(args, f"compiling {loaded.name} ({loaded.description}) for {args.target}")
+    output = Path(args.output or f"{loaded.name}.pte")
+    compiled = compile_model(
+        loaded.model, loaded.example_inputs, args.target, calibration_batches=_calibration(args, loaded),
+        delegation_options=_delegation_options(args), progress=not args.quiet,
+        neutron_converter_flavor=args.flavor, operators_not_to_delegate=_operator_list(args.exclude_op) or None,
+        intermediates_dir=args.intermediates_dir)
+    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(compiled.pte)
     if args.report == "json":
         print(json.dumps(compiled.report.to_dict(), indent=2))
     else:
-        print(compiled.report)
-    print(f"wrote {output} ({len(compiled.pte):,} bytes)", file=sys.stderr)
+        print(compiled.report.summary())
+    if args.graph:
+        Path(args.graph).write_text(compiled.report.to_html())
+        _say(args, f"wrote the graph picture to {args.graph}")
+    kind = _EMULATION_NOTE if args.flavor is None else f"deployable payload for NXP's runtime ({args.flavor})"
+    _say(args, f"wrote {output} ({len(compiled.pte):,} bytes; {kind})")
     return 0
 
 
@@ -68,19 +188,141 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from neutron_backend.runtime import load_pte
 
     if not Path(args.pte).is_file():
-        raise FileNotFoundError(f"no such .pte file: {args.pte}")
+        raise UsageError(f"no such .pte file: {args.pte}")
     program = load_pte(args.pte)
-    generator = torch.Generator().manual_seed(args.seed)
-    inputs = [torch.randn(shape, generator=generator) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
-              for shape, dtype in program.input_specs]
-    start = time.perf_counter()
-    outputs = program(*inputs)
-    elapsed = time.perf_counter() - start
-    for index, output in enumerate(outputs):
-        print(f"output {index}: shape {list(output.shape)} dtype {output.dtype}")
-        print(output)
-    print(f"host run time: {elapsed * 1e3:.2f} ms (emulation on this PC, not a device estimate)")
+    shapes = [shape for shape, _ in program.input_specs]
+    dtypes = [dtype if isinstance(dtype, torch.dtype) else torch.float32 for _, dtype in program.input_specs]
+    if args.inputs:
+        from neutron_backend.pipeline import load_samples
+
+        batches = load_samples(args.inputs, shapes, dtypes).batches
+    else:
+        generator = torch.Generator().manual_seed(args.seed)
+        batches = [tuple(torch.randn(s, generator=generator).to(d) if d.is_floating_point else torch.zeros(s, dtype=d)
+                         for s, d in zip(shapes, dtypes, strict=True))]
+        _say(args, f"no --inputs: one random N(0, 1) input (seed {args.seed})")
+    times, outputs = [], []
+    for repeat in range(args.repeat):
+        for batch in batches:
+            start = time.perf_counter()
+            result = program(*batch)
+            times.append(time.perf_counter() - start)
+            if repeat == 0:
+                outputs.append(result)
+    shown = outputs if len(outputs) <= 3 else outputs[:1]
+    for number, result in enumerate(shown):
+        for index, tensor in enumerate(result):
+            extra = ""
+            if tensor.is_floating_point() and tensor.dim() == 2 and tensor.shape[0] == 1 and tensor.numel() > 1:
+                extra = f", top-1 class {int(tensor.argmax())}"
+            print(f"sample {number} output {index}: shape {list(tensor.shape)}, {tensor.dtype}{extra}")
+            print(tensor)
+    if len(shown) < len(outputs):
+        print(f"(outputs of {len(outputs) - len(shown)} more sample(s) not shown; --save FILE keeps them all)")
+    mean = sum(times) / len(times)
+    print(f"host run time: {mean * 1e3:.2f} ms per run (mean of {len(times)}, min {min(times) * 1e3:.2f} ms) - "
+          "this PC emulating the NPU with reference kernels, not a device time (the compile report has an estimate)")
+    if args.save:
+        _write_outputs(Path(args.save), outputs)
+        _say(args, f"wrote {len(outputs)} sample(s) of outputs to {args.save}")
     return 0
+
+
+def _float_errors(outputs: list[tuple], float_model, batches: list[tuple], scales: tuple[float, ...]) -> tuple:
+    """Max and mean |pte - float model| in output quantization steps, over every output element."""
+    import torch
+
+    worst, total, count = 0.0, 0.0, 0
+    with torch.no_grad():
+        for result, batch in zip(outputs, batches, strict=True):
+            expected = float_model(*batch)
+            expected = expected if isinstance(expected, tuple | list) else (expected,)
+            for got, want, scale in zip(result, expected, scales, strict=False):
+                steps = (got.double() - want.double()).abs() / scale
+                worst, total, count = max(worst, steps.max().item()), total + steps.sum().item(), count + steps.numel()
+    return worst, total / max(count, 1)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import torch
+
+    from neutron_backend.pipeline import load_samples
+    from neutron_backend.runtime import load_pte
+    from neutron_backend.verify import verify
+
+    if not Path(args.pte).is_file():
+        raise UsageError(f"no such .pte file: {args.pte}")
+    loaded = _load_model(args.model)
+    example = loaded.example_inputs
+    if args.data:
+        samples = load_samples(args.data, [x.shape for x in example], [x.dtype for x in example])
+        batches, labels = samples.batches, samples.labels
+    else:
+        from neutron_backend.quantizer.calibration import random_batches
+
+        logger.warning("no --data: verifying on %d random N(0, 1) inputs (seed 1); pass --data FILE for real "
+                       "inputs (and labels for accuracy)", RANDOM_VERIFY_SAMPLES)
+        batches, labels = random_batches(example, RANDOM_VERIFY_SAMPLES, seed=1), None
+    if args.quantized:
+        quantized = torch.export.load(args.quantized).module()
+        _say(args, f"quantized reference: {args.quantized}")
+    else:
+        from neutron_backend.quantizer.calibration import quantize_model
+
+        _say(args, f"quantizing {loaded.name} again for the reference (same --target and --calibration-data as "
+                   "compile give the same model)")
+        quantized = quantize_model(loaded.model, example, target=args.target,
+                                   calibration_batches=_calibration(args, loaded), progress=not args.quiet)
+    program = load_pte(args.pte)
+    outputs: list[tuple] = []
+
+    def run(*inputs: torch.Tensor) -> tuple:
+        outputs.append(program(*inputs))
+        return outputs[-1]
+
+    result = verify(run, quantized, batches, float_model=loaded.model, labels=labels)
+    float_max, float_mean = _float_errors(outputs, loaded.model, batches, result.output_scales)
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps({**asdict(result), "max_error_steps_vs_float": float_max,
+                          "mean_error_steps_vs_float": float_mean}, indent=2))
+    else:
+        print(f"{args.pte} against the quantized and float {loaded.name} on {result.num_samples} sample(s):")
+        print(result)
+        print(f"  against the float model: max {float_max:.3g} step(s), mean {float_mean:.3g} step(s) "
+              "(quantization error: the float model is not the reference)")
+        if not loaded.classifier:
+            print("  (this model's output is not class scores: top-1 figures do not mean much)")
+    if args.max_steps is not None and result.max_error_steps > args.max_steps:
+        print(f"neutron verify: FAILED: {result.max_error_steps:.4g} step(s) > --max-steps {args.max_steps:g}",
+              file=sys.stderr)
+        return FAILURE
+    return 0
+
+
+def _in_short(loaded, report, estimate, result) -> list[str]:
+    """What a newcomer should take away from the demo, in four lines."""
+    cpu_operators = [e for e in report.rejected() if e.kind not in ("quantize", "dequantize", "getitem")]
+    plumbing = len(report.rejected()) - len(cpu_operators)
+    where = (f"{100 * report.delegated_mac_fraction:.1f}% of the {report.total_macs / 1e6:.1f} M multiply-accumulates "
+             f"run on the NPU, in {report.num_partitions} delegate call(s)")
+    if cpu_operators:
+        reasons = "; ".join(f"{e.target.split('.')[1] if e.target.count('.') == 2 else e.target}: {e.reason}"
+                            for e in cpu_operators[:3])
+        why = f"{len(cpu_operators)} operator node(s) stay on the CPU - {reasons}"
+    else:
+        why = (f"every operator met Neutron's constraints on {report.target} (`neutron ops --target {report.target}`);"
+               f" the CPU only converts between float and int8 at the edges ({plumbing} quantize/dequantize node(s))")
+    accuracy = (f"the .pte is within {result.max_error_steps:.3g} output quantization step(s) of the quantized "
+                f"PyTorch model, top-1 agreement {100 * result.top1_agreement:.1f}%")
+    if result.top1_agreement_with_float is not None and loaded.classifier:
+        accuracy += f" ({100 * result.top1_agreement_with_float:.1f}% with the float model)"
+    lines = ["In short:", f"  where:    {where}", f"  why:      {why}", f"  accuracy: {accuracy}"]
+    lines.append(f"  speed:    about {estimate.total_us / 1000:.2f} ms per inference on {report.target}, vs "
+                 f"~{estimate.all_cpu_us / 1000:.1f} ms on the {estimate.cpu} alone - a cost-model estimate, "
+                 "not a measurement")
+    return lines
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -90,69 +332,219 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from neutron_backend.quantizer.calibration import random_batches
     from neutron_backend.verify import verify
 
-    print(f"Quantizing CifarNet (calibrated on 16 seeded random batches), partitioning and lowering it for "
-          f"{args.target} ...")
-    model, example_inputs = _load_model("cifarnet")
-    compiled = compile_model(model, example_inputs, args.target, calibration_batches=random_batches(example_inputs),
-                             progress=not args.quiet)
+    target = get_target(args.target)
+    loaded = _load_model(args.model)
+    print(f"Neutron backend demo: {loaded.name} on {target.name} ({target.npu}, {target.macs_per_cycle} MACs/cycle)")
+    print(f"Model: {loaded.description}. Its weights are seeded random (no pretrained weights ship); it is "
+          "calibrated on 16 seeded random batches.")
+    print("\n1. Compile: quantize to int8 (NeutronQuantizer), partition (NeutronPartitioner), lower to "
+          f"{args.output}\n")
+    sys.stdout.flush()
+    compiled = compile_model(loaded.model, loaded.example_inputs, target.name,
+                             calibration_batches=random_batches(loaded.example_inputs), progress=not args.quiet)
     output = Path(args.output)
     output.write_bytes(compiled.pte)
-    print(compiled.report.summary())
-    print(f"\nwrote {output} ({len(compiled.pte):,} bytes; emulation payload, runs on this PC)")
+    report = compiled.report
+    print(report.summary())
+    print(f"\nwrote {output} ({len(compiled.pte):,} bytes; {_EMULATION_NOTE})")
+    print(f"\n2. Run {output} on this PC (ExecuTorch's runtime; the NPU partitions run on LiteRT's reference int8 "
+          f"kernels) on {args.samples} random inputs, against the quantized and the float PyTorch model\n")
+    sys.stdout.flush()
     generator = torch.Generator().manual_seed(1)
-    samples = [(torch.randn(example_inputs[0].shape, generator=generator),) for _ in range(DEMO_SAMPLES)]
-    result = verify(output, compiled.quantized, samples, float_model=model)
-    print(f"\nHost run of {output} against the quantized PyTorch model on {DEMO_SAMPLES} random inputs:")
+    samples = [tuple(torch.randn(x.shape, generator=generator) for x in loaded.example_inputs)
+               for _ in range(args.samples)]
+    result = verify(output, compiled.quantized, samples, float_model=loaded.model)
     print(result)
+    print("\n" + "\n".join(_in_short(loaded, report, report.latency_estimate(), result)))
     return 0
 
 
-def _parser() -> argparse.ArgumentParser:
+# -- the parser ----------------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: `neutron compile: error: <what> (see neutron compile --help)`."""
+
+    def error(self, message: str) -> None:
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+_EPILOG = """\
+examples:
+  neutron demo                                     what `make demo` runs
+  neutron compile cifarnet -o cifarnet.pte         a zoo model (`neutron models` lists them)
+  neutron compile model.pt2 --calibration-data calib.npz --exclude-op aten::max_pool2d
+  neutron compile mymodel.py:build --report json > report.json
+  neutron run cifarnet.pte --inputs images.pt
+  neutron verify cifarnet.pte --model cifarnet --data images.pt
+  neutron ops --target mcxn94x
+"""
+
+_MODEL_HELP = ("a zoo model name (`neutron models`), a saved ExportedProgram FILE.pt2 (torch.export.save), or "
+               "FILE.py:FUNCTION where FUNCTION() returns (model, example_inputs[, calibration_batches])")
+_DATA_HELP = ("a .pt file (torch.save of a tensor, a tuple of tensors - one per model input -, a list of batches, or "
+              "a dict with 'inputs' and optional 'labels') or a .npz file (one array per model input, optional "
+              "'labels'); samples stacked on the first dimension")
+
+
+def _common(quiet_default: Any) -> argparse.ArgumentParser:
+    """-q and -v, accepted before or after the command (defaults only on the main parser)."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    common.add_argument("-v", "--verbose", action="store_true", help="log what the backend does")
-    parser = argparse.ArgumentParser(prog="neutron", description=__doc__.splitlines()[0], parents=[common])
-    commands = parser.add_subparsers(dest="command", required=True)
+    common.add_argument("-q", "--quiet", action="store_true", default=quiet_default,
+                        help="no progress output (warnings and errors still show)")
+    common.add_argument("-v", "--verbose", action="store_true", default=quiet_default,
+                        help="log every step of the backend, show tracebacks")
+    return common
 
-    commands.add_parser("targets", help="list the supported Neutron targets", parents=[common])
-    commands.add_parser("ops", help="print the operator support table (CSV)", parents=[common])
 
-    compile_ = commands.add_parser("compile", help="quantize and lower a zoo model to a .pte", parents=[common])
-    compile_.add_argument("model", help="zoo model name (see neutron_backend.models)")
-    compile_.add_argument("--target", default="imxrt700")
-    compile_.add_argument("--flavor", default=None, help="neutron converter flavor, e.g. SDK_25_06 (needs NXP's SDK)")
-    compile_.add_argument("--operators-not-to-delegate", nargs="*", metavar="OP", help="e.g. aten::add")
-    compile_.add_argument("--allow-no-op-partitions", action="store_true")
-    compile_.add_argument("--force-delegate-cat", action="store_true")
-    compile_.add_argument("--intermediates-dir", default=None, help="write each partition's .tflite here")
-    compile_.add_argument("--report", choices=("text", "json"), default="text")
-    compile_.add_argument("-o", "--output", default=None, help="output .pte (default MODEL.pte)")
+def _add_target(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", type=_target, default="imxrt700", metavar="TARGET",
+                        help=f"Neutron target: {', '.join(list_targets())} (default imxrt700)")
 
-    run = commands.add_parser("run", help="run a .pte on the host with random inputs", parents=[common])
-    run.add_argument("pte")
-    run.add_argument("--seed", type=int, default=0)
 
-    demo = commands.add_parser("demo", help="the main job on CifarNet: compile, run on the host, check accuracy",
-                               parents=[common])
-    demo.add_argument("--target", default="imxrt700")
-    demo.add_argument("-o", "--output", default="cifarnet.pte")
+def _parser() -> argparse.ArgumentParser:
+    sub_common = _common(argparse.SUPPRESS)
+    parser = _Parser(prog="neutron", description=__doc__.splitlines()[0], epilog=_EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter, parents=[_common(False)])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    compile_ = commands.add_parser("compile", parents=[sub_common], help="quantize, partition, lower a model to .pte",
+                                   description="Quantize MODEL to int8, delegate what Neutron runs, write a .pte and "
+                                   "print the delegation report (what runs where, why, estimated latency).")
+    compile_.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    _add_target(compile_)
+    compile_.add_argument("--flavor", metavar="FLAVOR", help="NXP converter flavor (e.g. SDK_25_06, eiq_neutron_sdk) "
+                          "for a deployable payload; needs NXP's converter installed. Default: emulation payload")
+    compile_.add_argument("--exclude-op", "--operators-not-to-delegate", dest="exclude_op", action="append",
+                          metavar="OP", help="an operator to keep on the CPU, e.g. aten::max_pool2d or "
+                          "aten.add.Tensor; repeat or comma-separate for several")
+    compile_.add_argument("--force-delegate-cat", action="store_true",
+                          help="delegate cat even when its channels are not a multiple of num_macs")
+    compile_.add_argument("--allow-no-op-partitions", action="store_true",
+                          help="delegate partitions holding only shape operators (view, permute, ...)")
+    compile_.add_argument("--min-compute-ops", type=_positive_int, default=1, metavar="N",
+                          help="partitions with fewer compute operators stay on the CPU (default 1)")
+    compile_.add_argument("--calibration-data", metavar="FILE",
+                          help=f"calibration inputs: {_DATA_HELP}. Default: the model source's own, else 16 "
+                          "random batches (with a warning)")
+    compile_.add_argument("-o", "--output", metavar="PTE", help="the .pte to write (default MODEL_NAME.pte)")
+    compile_.add_argument("--intermediates-dir", metavar="DIR", help="also write each partition's .tflite (Neutron "
+                          "IR, opens in Netron), quantized.pt2, report.json and report.html there")
+    compile_.add_argument("--report", choices=("text", "json"), default="text",
+                          help="report format on stdout (json: the schema in docs/report-schema.md)")
+    compile_.add_argument("--graph", metavar="FILE.html", help="write a picture of the graph coloured by placement")
+
+    run = commands.add_parser("run", parents=[sub_common], help="run a .pte on this PC; print outputs and timing",
+                              description="Run PTE through ExecuTorch's runtime on this PC, its Neutron partitions "
+                              "emulated with LiteRT's reference int8 kernels.")
+    run.add_argument("pte", metavar="PTE")
+    run.add_argument("--inputs", metavar="FILE", help=f"inputs: {_DATA_HELP}. Default: one random N(0, 1) input")
+    run.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
+    run.add_argument("--repeat", type=_positive_int, default=1, metavar="N", help="run every input N times for timing")
+    run.add_argument("--save", metavar="FILE", help="save the outputs, stacked per output, to a .pt or .npz file")
+
+    verify = commands.add_parser("verify", parents=[sub_common], help="check a .pte against its PyTorch model",
+                                 description="Run PTE on this PC and compare it with the quantized PyTorch model (the "
+                                 "reference: error in output quantization steps, top-1 agreement) and the float model.")
+    verify.add_argument("pte", metavar="PTE")
+    verify.add_argument("--model", required=True, metavar="MODEL",
+                        help=f"the model PTE was compiled from: {_MODEL_HELP}")
+    verify.add_argument("--data", metavar="FILE", help=f"inputs (and labels for accuracy): {_DATA_HELP}. Default: "
+                        f"{RANDOM_VERIFY_SAMPLES} random inputs (with a warning)")
+    _add_target(verify)
+    verify.add_argument("--calibration-data", metavar="FILE", help="the calibration data given to compile, so the "
+                        "quantized reference is the same")
+    verify.add_argument("--quantized", metavar="FILE.pt2", help="the quantized reference written by compile "
+                        "--intermediates-dir (quantized.pt2) instead of quantizing again")
+    verify.add_argument("--max-steps", type=_non_negative_float, metavar="STEPS",
+                        help="exit with status 1 when the error exceeds STEPS output quantization steps")
+    verify.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    ops = commands.add_parser("ops", parents=[sub_common], help="the operators Neutron runs, and their constraints",
+                              description="The operator support table, generated from the operator registry.")
+    ops.add_argument("--target", type=_target, metavar="TARGET",
+                     help=f"evaluate the limits for one target ({', '.join(list_targets())})")
+    ops.add_argument("--csv", action="store_true", help="CSV (without --target: docs/op-support.csv)")
+
+    targets = commands.add_parser("targets", parents=[sub_common], help="the Neutron targets and their numbers",
+                                  description="The target table, with the assumptions behind each number.")
+    targets.add_argument("--costs", action="store_true", help="also every number of the latency cost model")
+
+    commands.add_parser("models", parents=[sub_common], help="the model zoo", description="The zoo models MODEL may "
+                        "name, with their input shapes.")
+
+    demo = commands.add_parser("demo", parents=[sub_common], help="compile, run and check a zoo model (make demo)",
+                               description="Compile a zoo model, run it on this PC, check it against PyTorch and "
+                               "explain what ran where, why, how accurate and how fast it is estimated to be.")
+    demo.add_argument("--model", default=DEMO_MODEL, metavar="MODEL", help=f"a zoo model (default {DEMO_MODEL})")
+    _add_target(demo)
+    demo.add_argument("-o", "--output", default=f"{DEMO_MODEL}.pte", metavar="PTE", help="the .pte to write")
+    demo.add_argument("--samples", type=_positive_int, default=DEMO_SAMPLES, metavar="N",
+                      help=f"random inputs to check the .pte on (default {DEMO_SAMPLES})")
     return parser
+
+
+# -- main ----------------------------------------------------------------------------------------------------
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        level = "" if record.levelno < logging.WARNING else f"{record.levelname.lower()}: "
+        return f"neutron: {level}{record.getMessage()}"
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_Formatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    if args.verbose:
+        logging.getLogger("neutron_backend").setLevel(logging.INFO)
+        return
+    if not args.quiet:
+        logging.getLogger("neutron_backend.pipeline").setLevel(logging.INFO)
+    # Import-time noise from dependencies that says nothing about the user's model.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _is_usage_error(error: BaseException) -> bool:
+    """Whether `error` is about what the user asked for (exit 2) rather than a failure of the job (exit 1)."""
+    from neutron_backend.compile_spec import NeutronConfigError
+
+    usage = [UsageError, NeutronConfigError, UnknownTargetError, FileNotFoundError]
+    for module, name in (("neutron_backend.pipeline", "InputError"),
+                         ("neutron_backend.converter", "ConverterNotInstalledError")):
+        if module in sys.modules:
+            usage.append(getattr(sys.modules[module], name))
+    return isinstance(error, tuple(usage))
+
+
+_COMMANDS = {"compile": _cmd_compile, "run": _cmd_run, "verify": _cmd_verify, "ops": _cmd_ops,
+             "targets": _cmd_targets, "models": _cmd_models, "demo": _cmd_demo}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `neutron` console script; returns the exit status."""
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    handlers = {"targets": _cmd_targets, "ops": _cmd_ops, "compile": _cmd_compile, "run": _cmd_run,
-                "demo": _cmd_demo}
+    _configure_logging(args)
     try:
-        return handlers[args.command](args)
-    except (ValueError, TypeError, OSError, RuntimeError, ImportError) as error:
-        # Library errors carry the bad value and the fix; a traceback would bury them.
-        print(f"neutron {args.command}: error: {error}", file=sys.stderr)
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"neutron {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every failure becomes one readable line (-v: the traceback)
         if args.verbose:
             raise
-        return 2
+        usage = _is_usage_error(error)
+        message = " ".join(str(error).split()) or type(error).__name__
+        label = "error" if usage else f"failed ({type(error).__name__})"
+        hint = "" if usage else " (-v shows the traceback)"
+        print(f"neutron {args.command}: {label}: {message}{hint}", file=sys.stderr)
+        return USAGE_ERROR if usage else FAILURE
 
 
 if __name__ == "__main__":

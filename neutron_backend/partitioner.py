@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,6 +12,7 @@ import torch
 from executorch.exir.backend.compile_spec_schema import CompileSpec
 from executorch.exir.backend.partitioner import DelegationSpec, Partitioner, PartitionResult
 from executorch.exir.backend.utils import tag_constant_data
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.export import ExportedProgram
 from torch.fx import Node
 
@@ -29,37 +31,17 @@ from neutron_backend.clusters import (
 )
 from neutron_backend.compile_spec import NeutronCompileOptions, parse_compile_spec
 from neutron_backend.delegation_options import CustomDelegationOptions
+from neutron_backend.fallback import ConversionFailure, try_partition
 from neutron_backend.ir.formats import FormatMap
 from neutron_backend.ops.base import Verdict, reject
 from neutron_backend.quantizer.quantizer import EXCLUDED_META_KEY
-from neutron_backend.report import DelegationReport, NodeEntry
+from neutron_backend.report import DelegationReport, build_report
 
 logger = logging.getLogger(__name__)
 
 BACKEND_ID = NeutronBackend.__name__
 # Rejecting a partition can only shrink the supported set, so re-proposal converges; this bounds it regardless.
 _MAX_PROPOSALS = 8
-
-
-def duplicate_shared_dequantize(program: ExportedProgram) -> int:
-    """Gives every user of a shared dequantize node its own copy, so each cluster owns its inputs.
-
-    Returns the number of copies made.
-    """
-    graph = program.graph
-    copies = 0
-    for node in list(graph.nodes):
-        if not is_dequantize(node) or len(node.users) < 2:
-            continue
-        for user in list(node.users)[1:]:
-            with graph.inserting_after(node):
-                copy = graph.node_copy(node)
-            copy.meta = dict(node.meta)
-            user.replace_input_with(node, copy)
-            copies += 1
-    if copies:
-        program.graph_module.recompile()
-    return copies
 
 
 class _Context:
@@ -139,14 +121,62 @@ class NeutronPartitioner(Partitioner):
         self.post_quantization_state_dict = post_quantization_state_dict
         self.delegation_spec = DelegationSpec(BACKEND_ID, list(compile_spec))
         self.report: DelegationReport | None = None
+        # Real constants of the program to_edge_transform_and_lower showed ops_to_not_decompose; partition() gets a
+        # copy whose state dict is fake, and its trial conversions want the real weights.
+        self._seen_constants: dict[str, torch.Tensor] = {}
 
     @property
     def target(self):
         return self.compile_options.target
 
-    def ops_to_not_decompose(self, ep: ExportedProgram) -> tuple[list[Any], Any]:
-        """Keeps `preserve_ops` whole through to_edge_transform_and_lower."""
-        return self.preserve_ops, None
+    def ops_to_not_decompose(self, ep: ExportedProgram) -> tuple[list[Any], Callable[[Node], bool] | None]:
+        """The operators to_edge_transform_and_lower keeps whole, and a filter choosing which of their nodes.
+
+        `preserve_ops` are kept whole everywhere. Registered operators that ExecuTorch would decompose but Neutron
+        runs whole (hardswish, prelu, ...: `kept_whole_operators()`) are kept whole only where this partitioner
+        will delegate them: quantized clusters whose verdict is positive. Float or rejected instances still
+        decompose into operators the CPU runs (ExecuTorch's portable kernels lack most of them whole).
+        """
+        self._remember_constants(ep)
+        kept_whole = kept_whole_operators()
+        present = {ops.schema_key(node.target) for node in ep.graph.nodes if node.op == "call_function"}
+        if not present & kept_whole.keys():
+            # No filter: ExecuTorch's plain decomposition path, unchanged for programs without such operators.
+            return self.preserve_ops, None
+        from executorch.exir.dialects.edge._ops import EdgeOpOverload
+
+        user_keys = {ops.schema_key(op) for op in self.preserve_ops}
+        checked: dict[str, tuple[ClusterIndex, _Context]] = {}
+
+        def keep_whole(node: Node) -> bool:
+            key = ops.schema_key(node.target) if node.op == "call_function" else None
+            if key in user_keys:
+                return True
+            if key not in kept_whole:
+                return False
+            if isinstance(node.target, EdgeOpOverload):
+                # After lowering, ExecuTorch asks again to find kept-whole nodes left undelegated: one still here
+                # has no CPU kernel, so it must be reported.
+                return True
+            if "index" not in checked:  # built on first use: most nodes are not kept-whole candidates
+                index = ClusterIndex(ep, ops.is_fusable, self.post_quantization_state_dict)
+                checked["index"] = (index, _Context(index, FormatMap(ep.graph), self.compile_options,
+                                                    self.delegation_options))
+            index, ctx = checked["index"]
+            cluster = index.cluster_of.get(node)
+            if cluster is None or cluster.head is not node:
+                return False
+            verdict = self._cluster_verdict(cluster, ctx)
+            if not verdict:
+                logger.info("decomposing %s '%s' for the CPU: %s", target_name(node), node.name, verdict.reason)
+            return verdict.ok
+
+        return [*self.preserve_ops, *(op for key, op in kept_whole.items() if key in present)], keep_whole
+
+    def _remember_constants(self, ep: ExportedProgram) -> None:
+        for key, value in [*ep.state_dict.items(), *ep.constants.items()]:
+            if isinstance(value, torch.Tensor) and not isinstance(value, FakeTensor):
+                self._seen_constants[key] = value
 
     # -- verdicts ---------------------------------------------------------------------------------------------
 
@@ -284,16 +314,69 @@ class NeutronPartitioner(Partitioner):
             accepted = [c for c in accepted if verdicts[id(c)]]
         return []
 
+    def _convertible(self, program: ExportedProgram, index: ClusterIndex, verdicts: dict[int, Verdict],
+                     partitions: list[_Partition], values: dict[str, torch.Tensor]) -> list[_Partition]:
+        """The partitions after leaving out what does not convert (neutron_backend.fallback).
+
+        A partition whose trial conversion fails loses the cluster of the node the error names, or all its clusters
+        when none is named (always, after _MAX_PROPOSALS rounds, so the loop ends); each gets the error as its
+        reason, a warning names it, and the rest is partitioned again. Partitions that converted are not retried.
+        """
+        position = {node: i for i, node in enumerate(program.graph.nodes)}
+        converted: set[frozenset[Node]] = set()
+        rounds = 0
+        while True:
+            failed = False
+            for partition in partitions:
+                key = frozenset(partition.nodes)
+                if key in converted:
+                    continue
+                nodes = sorted(partition.nodes, key=position.__getitem__)
+                failure = try_partition(program, nodes, self.compile_options, values)
+                if failure is None:
+                    converted.add(key)
+                    continue
+                failed = True
+                self._leave_out(partition, failure, index, verdicts, whole=rounds >= _MAX_PROPOSALS)
+            if not failed:
+                return partitions
+            rounds += 1
+            partitions = self._partition_with_rules(program, index, verdicts)
+
+    @staticmethod
+    def _leave_out(partition: _Partition, failure: ConversionFailure, index: ClusterIndex,
+                   verdicts: dict[int, Verdict], whole: bool) -> None:
+        """Rejects the clusters of `partition` that `failure` blames, with its reason, and warns."""
+        blamed = next((n for n in partition.nodes if n.name == failure.node), None) if not whole else None
+        if blamed is not None and blamed in index.cluster_of:
+            clusters = [index.cluster_of[blamed]]
+        else:
+            clusters = list({id(index.cluster_of[n]): index.cluster_of[n] for n in partition.nodes
+                             if n in index.cluster_of}.values())
+        reason = failure.reason.strip().splitlines()[0] if failure.reason.strip() else "unknown error"
+        for cluster in clusters:
+            verdicts[id(cluster)] = reject(f"converting it for Neutron failed: {reason}")
+        names = ", ".join(f"'{c.head.name}' ({target_name(c.head)})" for c in clusters[:5])
+        more = f" and {len(clusters) - 5} more" if len(clusters) > 5 else ""
+        logger.warning("Neutron: %s%s could not be converted and run(s) on the CPU instead: %s", names, more,
+                       failure.reason)
+
     # -- entry point -------------------------------------------------------------------------------------------
 
     def partition(self, exported_program: ExportedProgram) -> PartitionResult:
-        """Tags the delegable nodes of `exported_program` for NeutronBackend and fills `self.report`."""
-        duplicate_shared_dequantize(exported_program)
-        index = ClusterIndex(exported_program, ops.is_fusable, self.post_quantization_state_dict)
+        """Tags the delegable nodes of `exported_program` for NeutronBackend and fills `self.report`.
+
+        The graph is not modified (ExecuTorch's to_backend asserts it): a dequantize shared by several users makes
+        their clusters CPU-only (see ClusterIndex).
+        """
+        values = {**self._seen_constants, **(self.post_quantization_state_dict or {})}
+        self._seen_constants = {}
+        index = ClusterIndex(exported_program, ops.is_fusable, values)
         formats = FormatMap(exported_program.graph)
         ctx = _Context(index, formats, self.compile_options, self.delegation_options)
         verdicts = {id(cluster): self._cluster_verdict(cluster, ctx) for cluster in index.clusters}
         partitions = self._partition_with_rules(exported_program, index, verdicts)
+        partitions = self._convertible(exported_program, index, verdicts, partitions, values)
 
         tags: dict[str, DelegationSpec] = {}
         partition_of: dict[Node, int] = {}
@@ -314,22 +397,31 @@ class NeutronPartitioner(Partitioner):
 
     def _report(self, program: ExportedProgram, index: ClusterIndex, verdicts: dict[int, Verdict],
                 partition_of: dict[Node, int], num_partitions: int) -> DelegationReport:
-        report = DelegationReport(target=self.target.name, num_partitions=num_partitions)
-        for node in _call_functions(program):
-            cluster = index.cluster_of.get(node)
-            delegated = node in partition_of
-            reason = ""
-            if not delegated:
-                reason = _cpu_reason(node, cluster, verdicts)
-            operator = ops.lookup(node.target)
-            macs = operator.macs(node) if operator is not None and operator.macs is not None else 0
-            report.nodes.append(NodeEntry(name=node.name, target=target_name(node), delegated=delegated,
-                                          partition=partition_of.get(node), reason=reason, macs=macs))
-        return report
+        def reason(node: Node) -> str:
+            return _cpu_reason(node, index.cluster_of.get(node), verdicts)
+
+        return build_report(program, self.target.name, partition_of, num_partitions, reason)
 
 
-def _call_functions(program: ExportedProgram) -> Iterator[Node]:
-    return (n for n in program.graph.nodes if n.op == "call_function")
+@functools.cache
+def kept_whole_operators() -> dict[tuple[str, str], Any]:
+    """The ATen overloads of registered operators that ExecuTorch's edge lowering would decompose, by schema key.
+
+    Neutron runs them whole (e.g. hardswish as HARD_SWISH), so NeutronPartitioner.ops_to_not_decompose keeps their
+    delegable nodes whole. Derived from the registry: registering an operator under such an op (its first target)
+    is all it takes. Further targets are other spellings one converter also accepts (max_pool2d next to
+    max_pool2d_with_indices, which it decomposes into), so they are left to decompose.
+    """
+    # ExecuTorch's own table, the one to_edge_transform_and_lower decomposes with (private, no public accessor).
+    from executorch.exir.program._program import _default_decomposition_table
+
+    decomposed = {ops.schema_key(op) for op in _default_decomposition_table()}
+    kept: dict[tuple[str, str], Any] = {}
+    for operator in ops.operators():
+        aten_op = getattr(operator.targets[0], "_op", operator.targets[0])
+        if ops.schema_key(aten_op) in decomposed:
+            kept[ops.schema_key(aten_op)] = aten_op
+    return kept
 
 
 def _cpu_reason(node: Node, cluster: Cluster | None, verdicts: dict[int, Verdict]) -> str:

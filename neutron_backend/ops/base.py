@@ -84,6 +84,8 @@ class NeutronOperator:
     weight_args: tuple[int, ...] = field(default=())  # argument positions holding static weights or bias
     no_op: Callable[[Node], bool] | None = None  # True when this particular node computes nothing
     fusable: Callable[[Node], bool] | None = None  # ACTIVATION: may run fused into the conv/linear before it
+    # The target's limits in numbers, for `neutron ops --target` (e.g. the largest Cin per kernel size).
+    target_limits: Callable[[NeutronTarget], str] | None = None
 
     def is_no_op(self, node: Node) -> bool:
         """Whether the node moves data only (shape operators always; others when `no_op` says so)."""
