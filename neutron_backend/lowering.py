@@ -146,6 +146,11 @@ class ConversionContext:
 
     # -- constants ---------------------------------------------------------------------------------------------
 
+    def is_constant_input(self, node: Node, index: int) -> bool:
+        """Whether the node's index-th tensor input is a dequantized constant (readable with `weight`)."""
+        dequantize = self._dequantize_of(flat_inputs(node)[index])
+        return dequantize is not None and self.index.constants.is_constant(dequantize.args[0])
+
     def weight(self, node: Node, index: int) -> tuple[np.ndarray, QParams]:
         """The raw integer values of a constant input (auxiliary data movement applied) and its qparams."""
         source = flat_inputs(node)[index]

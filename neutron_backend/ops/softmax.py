@@ -21,6 +21,18 @@ MAX_OTHER = 4096
 MAX_TOTAL = 524288
 OUTPUT_SCALE = 1.0 / 256.0
 OUTPUT_ZERO_POINT = -128
+# The same [0, 1) range with zero point 0, which a consumer such as bmm needs: NeutronQuantizer moves a softmax
+# feeding one there, and the IR requantizes SOFTMAX's output with a RELU_0_TO_1.
+SYMMETRIC_OUTPUT_SCALE = 1.0 / 128.0
+
+
+def _output_form(scale: float, zero_point: int) -> str | None:
+    """'native' for SOFTMAX's own output qparams, 'symmetric' for the zero-point-0 form, else None."""
+    if abs(scale - OUTPUT_SCALE) <= 1e-9 and zero_point == OUTPUT_ZERO_POINT:
+        return "native"
+    if abs(scale - SYMMETRIC_OUTPUT_SCALE) <= 1e-9 and zero_point == 0:
+        return "symmetric"
+    return None
 
 
 def _channel_axis(node: Node, ctx: CheckContext) -> int:
@@ -36,9 +48,10 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
         return reject(f"softmax over dim {dim} of a tensor of shape {list(shape)}; Neutron computes softmax over "
                       f"the channel dim ({axis}) only")
     output_q = ctx.output_qparams(node)
-    if output_q is not None and (abs(output_q.scale - OUTPUT_SCALE) > 1e-9 or output_q.zero_point != OUTPUT_ZERO_POINT):
+    if output_q is not None and _output_form(output_q.scale, output_q.zero_point) is None:
         return reject(f"output quantized with scale {output_q.scale:.6g}, zero point {output_q.zero_point}; int8 "
-                      f"softmax needs scale 1/256 and zero point {OUTPUT_ZERO_POINT} (NeutronQuantizer fixes them)")
+                      f"softmax needs scale 1/256 and zero point {OUTPUT_ZERO_POINT}, or 1/128 and zero point 0 "
+                      "(NeutronQuantizer fixes them)")
     return SUPPORTED
 
 
@@ -50,7 +63,14 @@ def _convert(node: Node, ctx) -> None:
     output = ctx.output(node, channels_last=channels_last)
     options = schema.SoftmaxOptionsT()
     options.beta = 1.0
-    ctx.builder.add_operator("SOFTMAX", [x], [output], options)
+    q = ctx.output_qparams(node)
+    if _output_form(q.scale, q.zero_point) == "native":
+        ctx.builder.add_operator("SOFTMAX", [x], [output], options)
+        return
+    native = ctx.builder.add_tensor(ctx.name(f"{node.name}_native"), ctx.builder.tensor_shape(output), "int8",
+                                    scale=OUTPUT_SCALE, zero_point=OUTPUT_ZERO_POINT)
+    ctx.builder.add_operator("SOFTMAX", [x], [native], options)
+    ctx.builder.add_operator("RELU_0_TO_1", [native], [output])
 
 
 def _check_target(node: Node, ctx: CheckContext) -> Verdict:
@@ -71,5 +91,6 @@ OPERATORS = [
                     constraints=(f"over the channel dim; C <= {MAX_CHANNELS}; product of other dims <= {MAX_OTHER}; "
                                  f"total <= {MAX_TOTAL}"),
                     check=_check, check_target=_check_target, convert=_convert,
-                    quantization="int8; output fixed at scale 1/256, zero point -128"),
+                    quantization=("int8; output fixed at scale 1/256, zero point -128 (1/128, zero point 0 when it "
+                                  "feeds an input that needs zero point 0)")),
 ]

@@ -7,14 +7,17 @@ dequantize and its output goes to quantize. Ops not in the table are left in flo
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch.fx import Node
+from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.quantizer import (
     DerivedQuantizationSpec,
+    FixedQParamsQuantizationSpec,
     QuantizationAnnotation,
+    QuantizationSpec,
     QuantizationSpecBase,
     SharedQuantizationSpec,
 )
@@ -188,10 +191,12 @@ class SharedWithInput:
 
 @dataclass(frozen=True)
 class SharedAll:
-    """cat: all inputs and the output share one spec (the first input's)."""
+    """cat, maximum, minimum: all inputs and the output share one spec (the first input's)."""
 
     def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
-        inputs = list(dict.fromkeys(node.args[0]))
+        first = node.args[0]
+        operands = first if isinstance(first, (list, tuple)) else [arg for arg in node.args if isinstance(arg, Node)]
+        inputs = list(dict.fromkeys(operands))
         if not inputs or not all(is_float_tensor(arg) for arg in inputs) or not is_float_tensor(node):
             return False
         root = (inputs[0], node)
@@ -227,7 +232,41 @@ class FixedOutput:
         return True
 
 
-AnnotationKind = Weighted | Independent | SharedWithInput | SharedAll | Clamp | FixedOutput
+def symmetric_activation(config: NeutronQuantizationConfig) -> QuantizationSpec:
+    """The activation spec with zero point 0 (per-tensor symmetric), for inputs that require it."""
+    return dataclasses.replace(config.activation, qscheme=torch.per_tensor_symmetric)
+
+
+@dataclass(frozen=True)
+class SymmetricInputs:
+    """bmm: both inputs symmetric (zero point 0), as Neutron's batch matmul requires; the output observed.
+
+    `settle_input_specs` meets the requirement at the producers, so no requantization separates them."""
+
+    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
+        a, b = node.args[0], node.args[1]
+        if not (is_float_tensor(a) and is_float_tensor(b) and is_float_tensor(node)):
+            return False
+        spec = symmetric_activation(config)
+        _set_annotation(node, {a: spec, b: spec}, config.activation)
+        return True
+
+
+@dataclass(frozen=True)
+class Slope:
+    """prelu: input and output observed on their own; the slope, a constant weight, int8 symmetric per tensor
+    (int8 PRELU takes one scale for all slopes)."""
+
+    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
+        x, slope = node.args[0], node.args[1]
+        if not (is_float_tensor(x) and is_float_tensor(slope) and is_float_tensor(node)):
+            return False
+        _set_annotation(node, {x: config.activation, slope: config.linear_weight}, config.activation)
+        return True
+
+
+AnnotationKind = (Weighted | Independent | SharedWithInput | SharedAll | Clamp | FixedOutput | SymmetricInputs
+                  | Slope)
 
 _SHARED = SharedWithInput()
 _INDEPENDENT = Independent()
@@ -243,6 +282,14 @@ PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
     aten.hardtanh.default: Clamp(),
     aten.hardtanh_.default: Clamp(),
     aten.add.Tensor: _INDEPENDENT,
+    aten.sub.Tensor: _INDEPENDENT,
+    # Inputs observed (each follows its producer, see settle_input_specs), not NXP's fixed (1/256, 0): measured
+    # in bench/results/mul_qparams.md.
+    aten.mul.Tensor: _INDEPENDENT,
+    aten.maximum.default: SharedAll(),
+    aten.minimum.default: SharedAll(),
+    aten.bmm.default: SymmetricInputs(),
+    aten.transpose.int: _SHARED,
     aten.max_pool2d.default: _SHARED,
     aten.avg_pool2d.default: _SHARED,
     aten.adaptive_avg_pool2d.default: _SHARED,
@@ -255,3 +302,115 @@ PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
     aten.cat.default: SharedAll(),
     aten.softmax.int: FixedOutput(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT),
 }
+
+
+# -- input requirements met at the producer --------------------------------------------------------------------
+
+# torchao shares one observer between a producer's output and a consumer's input edge when these attributes of
+# their specs agree; otherwise it inserts a requantization (dequantize -> quantize) between them.
+_QPARAMS_ATTRIBUTES = ("dtype", "is_dynamic", "quant_min", "quant_max", "qscheme", "ch_axis", "scale", "zero_point")
+_MISSING = object()
+
+
+def _same_qparams(a: QuantizationSpecBase, b: QuantizationSpecBase) -> bool:
+    return all(getattr(a, name, _MISSING) == getattr(b, name, _MISSING) for name in _QPARAMS_ATTRIBUTES)
+
+
+def _annotation(node: object) -> QuantizationAnnotation | None:
+    return node.meta[Q_ANNOTATION_KEY] if isinstance(node, Node) and is_annotated(node) else None
+
+
+def _shared_input(node: Node) -> Node | None:
+    """The input whose qparams `node`'s output shares (pools, reshapes, permutes), else None."""
+    annotation = _annotation(node)
+    if annotation is None or not isinstance(annotation.output_qspec, SharedQuantizationSpec):
+        return None
+    edge = annotation.output_qspec.edge_or_node
+    if isinstance(edge, tuple) and edge[1] is node and list(annotation.input_qspec_map) == [edge[0]]:
+        return edge[0]
+    return None
+
+
+def _output_spec(node: Node) -> QuantizationSpecBase | None:
+    """The spec that finally decides the qparams of `node`'s output (shared specs followed), or None."""
+    annotation = _annotation(node)
+    spec = None if annotation is None else annotation.output_qspec
+    while isinstance(spec, SharedQuantizationSpec):
+        source = spec.edge_or_node
+        if isinstance(source, Node):
+            annotation = _annotation(source)
+            spec = None if annotation is None else annotation.output_qspec
+        else:
+            annotation = _annotation(source[1])
+            spec = None if annotation is None else annotation.input_qspec_map.get(source[0])
+    return spec
+
+
+def _symmetric_form(spec: QuantizationSpecBase, required: QuantizationSpec) -> QuantizationSpecBase | None:
+    """A spec with zero point 0 that can replace a producer's output spec `spec`, or None when there is none."""
+    if _same_qparams(spec, required):
+        return spec
+    if isinstance(spec, FixedQParamsQuantizationSpec):
+        if spec.zero_point == 0:
+            return spec
+        if spec.quant_min is not None and spec.zero_point == spec.quant_min:
+            # A non-negative fixed range such as softmax's [0, 1) at (1/256, -128): the same range at (1/128, 0).
+            return dataclasses.replace(spec, scale=2 * spec.scale, zero_point=0)
+        return None
+    if isinstance(spec, QuantizationSpec) and spec.qscheme == torch.per_tensor_affine:
+        return required
+    return None
+
+
+def _require_at_producer(consumer: Node, arg: Node) -> int:
+    """Makes the value `arg` (and the data-movement chain it comes through) carry the spec `consumer` requires for
+    it. Returns the number of specs changed (0 when the producer cannot take it: a requantization remains)."""
+    required = consumer.meta[Q_ANNOTATION_KEY].input_qspec_map[arg]
+    edges = [(arg, consumer)]
+    producer = arg
+    while (source := _shared_input(producer)) is not None:
+        edges.append((source, producer))
+        producer = source
+    annotation = _annotation(producer)
+    spec = required
+    if annotation is not None and annotation.output_qspec is not None:
+        spec = _symmetric_form(annotation.output_qspec, required)
+        if spec is None:
+            return 0
+        annotation.output_qspec = spec
+    for source, user in edges:
+        user.meta[Q_ANNOTATION_KEY].input_qspec_map[source] = spec
+    return len(edges) + (annotation is not None)
+
+
+def settle_input_specs(model: GraphModule, config_of: ConfigOf) -> int:
+    """After annotation: keeps requantizations (dequantize -> quantize pairs, which stay on the CPU and split
+    partitions) out from between annotated operators.
+
+    1. An input requirement (bmm's zero point 0) is met by the producer: its output spec, and the specs along the
+       data movement in between, become the required form (softmax's fixed output moves to (1/128, 0)).
+    2. An input that accepts any qparams (a plain activation spec, except for cat/maximum/minimum, whose inputs
+       are observed together) shares its producer's output qparams whenever these differ from a plain activation
+       spec (fixed softmax/sigmoid outputs, symmetric outputs from step 1).
+
+    Returns the number of specs changed.
+    """
+    annotated = [node for node in model.graph.nodes if is_annotated(node)]
+    changed = 0
+    for node in annotated:
+        if isinstance(PATTERNS.get(node.target), SymmetricInputs):
+            for arg in list(node.meta[Q_ANNOTATION_KEY].input_qspec_map):
+                changed += _require_at_producer(node, arg)
+    for node in annotated:
+        config = config_of(node)
+        if config is None or isinstance(PATTERNS.get(node.target), (SharedAll, SymmetricInputs)):
+            continue
+        input_map = node.meta[Q_ANNOTATION_KEY].input_qspec_map
+        for arg, spec in list(input_map.items()):
+            if spec != config.activation:
+                continue
+            produced = _output_spec(arg)
+            if produced is not None and not _same_qparams(produced, spec):
+                input_map[arg] = SharedQuantizationSpec(arg)
+                changed += 1
+    return changed

@@ -9,7 +9,7 @@ from torchao.quantization.pt2e.quantizer import Quantizer
 from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
 from neutron_backend.quantizer.config import NeutronQuantizationConfig, get_neutron_quantization_config
-from neutron_backend.quantizer.patterns import PATTERNS, is_annotated, is_float_tensor
+from neutron_backend.quantizer.patterns import PATTERNS, is_annotated, is_float_tensor, settle_input_specs
 from neutron_backend.targets import NeutronTarget, get_target
 
 logger = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class NeutronQuantizer(Quantizer):
                 counts["excluded"] += 1
             elif kind.annotate(node, config, self._config_of):
                 counts["annotated"] += 1
+        counts["settled"] = settle_input_specs(model, self._config_of)
         logger.debug("NeutronQuantizer(%s): %s", self.target.name, counts)
         return model
 
