@@ -264,7 +264,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                        "inputs (and labels for accuracy)", RANDOM_VERIFY_SAMPLES)
         batches, labels = random_batches(example, RANDOM_VERIFY_SAMPLES, seed=1), None
     if args.quantized:
-        quantized = torch.export.load(args.quantized).module()
+        from neutron_backend.pipeline import load_exported_program
+
+        quantized = load_exported_program(args.quantized).module()
         _say(args, f"quantized reference: {args.quantized}")
     else:
         from neutron_backend.quantizer.calibration import quantize_model
@@ -507,6 +509,7 @@ def _configure_logging(args: argparse.Namespace) -> None:
     # Import-time noise from dependencies that says nothing about the user's model.
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    logging.getLogger("torch.export").setLevel(logging.ERROR)  # a failed load is reported in one line below
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 

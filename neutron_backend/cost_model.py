@@ -161,7 +161,7 @@ def assumptions(target: NeutronTarget) -> list[Assumption]:
     peak_notes = [a for a in target.assumptions if "MACs/cycle" in a]
     clock_notes = [a for a in target.assumptions if "clock" in a.lower()]
     table = [
-        Assumption("NPU peak", target.macs_per_cycle, "MACs/cycle", "derived" if peak_notes else "public",
+        Assumption("NPU peak", float(target.macs_per_cycle), "MACs/cycle", "derived" if peak_notes else "public",
                    "; ".join([f"num_macs {target.num_macs} x num_pipes {target.num_pipes} ({target.source})",
                               *peak_notes])),
         Assumption("NPU clock", target.npu_clock_hz / 1e6, "MHz", "assumed" if clock_notes else "public",

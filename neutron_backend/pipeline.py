@@ -153,13 +153,24 @@ def load_model(spec: str) -> LoadedModel:
                        description=entry.description)
 
 
-def _load_exported(path: Path) -> LoadedModel:
+def load_exported_program(path: str | Path) -> torch.export.ExportedProgram:
+    """A saved ExportedProgram (torch.export.save), quantized ones included (e.g. compile's `quantized.pt2`).
+
+    Raises InputError when `path` is missing or not such a file.
+    """
+    import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers quantized_decomposed ops for loading
+
+    path = Path(path)
     if not path.is_file():
         raise InputError(f"no such file: {path} (a .pt2 model is written by torch.export.save)")
     try:
-        program = torch.export.load(path)
+        return torch.export.load(path)
     except Exception as error:  # noqa: BLE001 - any failure means the file is not a loadable ExportedProgram
         raise InputError(f"{path} is not a saved ExportedProgram (torch.export.save): {error}") from error
+
+
+def _load_exported(path: Path) -> LoadedModel:
+    program = load_exported_program(path)
     args = program.example_inputs[0] if program.example_inputs else None
     if not args or not all(isinstance(a, torch.Tensor) for a in args):
         raise InputError(f"{path} holds no example inputs; save it with torch.export.save from torch.export.export "
