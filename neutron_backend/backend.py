@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections import OrderedDict
+from typing import Any
 
 from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
 from executorch.exir.backend.compile_spec_schema import CompileSpec
@@ -15,6 +18,11 @@ from neutron_backend.payload import EmulationPayload
 logger = logging.getLogger(__name__)
 
 _warned_emulation = False
+
+# Converter results by (sha256 of the Neutron IR, options): the partitioner's trial conversion and preprocess
+# convert the same IR, and NXP's converter is the slow step. A few entries suffice: preprocess follows the trial.
+_CONVERTED_CACHE_SIZE = 16
+_converted: OrderedDict[tuple[str, NeutronCompileOptions], tuple[bytes, bytes]] = OrderedDict()
 
 
 def _warn_emulation_once() -> None:
@@ -38,21 +46,46 @@ def _write_intermediate(options: NeutronCompileOptions, lowered: LoweredPartitio
     logger.info("wrote %s", path)
 
 
+def _convert(lowered: LoweredPartition, options: NeutronCompileOptions) -> tuple[bytes, bytes]:
+    """(deployable payload bytes, converted model) for `lowered`, from the cache when this IR was converted."""
+    key = (hashlib.sha256(lowered.tflite).hexdigest(), options)
+    if key in _converted:
+        _converted.move_to_end(key)
+        return _converted[key]
+    from neutron_backend.converter import convert_partition
+
+    deployable, converted = convert_partition(lowered, options)
+    _converted[key] = (deployable.to_bytes(), converted)
+    while len(_converted) > _CONVERTED_CACHE_SIZE:
+        _converted.popitem(last=False)
+    return _converted[key]
+
+
+def process_partition(program: Any, options: NeutronCompileOptions, *, trial: bool = False) -> bytes:
+    """The delegate payload of one partition's program: Neutron IR -> converter (when a flavor is set) -> payload.
+
+    `program` is the partition's ExportedProgram (or a stand-alone view of a partition with the same interface,
+    see neutron_backend.fallback). A `trial` run, the partitioner checking that a partition converts, writes no
+    intermediates and gives no warnings. Raises whatever lowering or conversion raises.
+    """
+    lowered = lower_partition(program, options)
+    if not trial:
+        _write_intermediate(options, lowered, ".tflite", lowered.tflite)
+    if options.neutron_converter_flavor is None:
+        if not trial:
+            _warn_emulation_once()
+        payload = EmulationPayload(inputs=lowered.inputs, outputs=lowered.outputs, tflite=lowered.tflite,
+                                   target=options.target.name)
+        return payload.to_bytes()
+    deployable, converted = _convert(lowered, options)
+    if not trial:
+        _write_intermediate(options, lowered, ".converted.tflite", converted)
+    return deployable
+
+
 class NeutronBackend(BackendDetails):
     """Lowers one partition: Neutron IR -> converter (when a flavor is given) -> payload."""
 
     @staticmethod
     def preprocess(edge_program: ExportedProgram, compile_specs: list[CompileSpec]) -> PreprocessResult:
-        options = parse_compile_spec(compile_specs)
-        lowered = lower_partition(edge_program, options)
-        _write_intermediate(options, lowered, ".tflite", lowered.tflite)
-        if options.neutron_converter_flavor is None:
-            _warn_emulation_once()
-            payload = EmulationPayload(inputs=lowered.inputs, outputs=lowered.outputs, tflite=lowered.tflite,
-                                       target=options.target.name)
-            return PreprocessResult(processed_bytes=payload.to_bytes())
-        from neutron_backend.converter import convert_partition
-
-        deployable, converted = convert_partition(lowered, options)
-        _write_intermediate(options, lowered, ".converted.tflite", converted)
-        return PreprocessResult(processed_bytes=deployable.to_bytes())
+        return PreprocessResult(processed_bytes=process_partition(edge_program, parse_compile_spec(compile_specs)))

@@ -46,7 +46,11 @@ _ACTIVATIONS = {
 
 
 class LoweringError(RuntimeError):
-    """A node of a partition could not be expressed in the Neutron IR."""
+    """A node of a partition could not be expressed in the Neutron IR; `node` names it when one is to blame."""
+
+    def __init__(self, message: str, node: str | None = None) -> None:
+        super().__init__(message)
+        self.node = node
 
 
 @dataclass(frozen=True)
@@ -356,7 +360,14 @@ def lower_partition(program: ExportedProgram, options: NeutronCompileOptions) ->
             if cluster is not None and node in cluster.fused:
                 continue
             raise LoweringError(f"'{node.name}' ({target_name(node)}) is not part of a quantized cluster")
-        _convert_node(node, ctx)
+        try:
+            _convert_node(node, ctx)
+        except LoweringError as error:
+            error.node = error.node or node.name
+            raise
+        except Exception as error:  # a converter bug still names its node, so the partitioner can leave it out
+            raise LoweringError(f"converting '{node.name}' ({target_name(node)}) failed: "
+                                f"{type(error).__name__}: {error}", node=node.name) from error
 
     output_specs, output_tensors = [], []
     (results,) = [n.args[0] for n in program.graph.nodes if n.op == "output"]

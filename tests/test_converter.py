@@ -237,16 +237,22 @@ def test_deployable_payload_lands_in_the_pte(quantized: torch.fx.GraphModule, fa
 
 
 def test_crashing_converter_raises_with_its_log_and_this_process_survives(
-    quantized: torch.fx.GraphModule, fake_converter: Path
+    quantized: torch.fx.GraphModule, fake_converter: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with pytest.raises(ConversionError) as caught:
-        lower(quantized, neutron_converter_flavor="SDK_99_01")
+        convert_partition(add_partition(), options("SDK_99_01"))
     from neutron_converter_SDK_99_01 import CRASH_MESSAGE
 
     error = caught.value
     assert CRASH_MESSAGE in str(error) and CRASH_MESSAGE in error.log
     assert "SIGABRT" in str(error) and error.returncode == -6
     assert "neutron_converter_SDK_99_01" in str(error)
+    # Lowering survives it too: the partition falls back to the CPU with a warning carrying the converter's log.
+    with caplog.at_level(logging.WARNING, logger="neutron_backend"):
+        edge = lower(quantized, neutron_converter_flavor="SDK_99_01")
+    assert "call_delegate" not in str(edge.exported_program().graph)
+    warnings = [r.getMessage() for r in caplog.records if r.name == "neutron_backend.partitioner"]
+    assert len(warnings) == 1 and CRASH_MESSAGE in warnings[0] and "run(s) on the CPU" in warnings[0]
     # Still here, and the next conversion works.
     processed, _ = delegate_of(lower(quantized, neutron_converter_flavor="SDK_25_06"))
     assert isinstance(read_payload(processed), DeployablePayload)
