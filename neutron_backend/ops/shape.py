@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, reject, shape_of
+from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject, shape_of
 from neutron_backend.ops.edge import edge
+
+
+def to_ir_order(values: Sequence, channels_last: bool) -> list:
+    """Per-dimension values of a torch tensor, in the IR's axis order for the given layout."""
+    if not channels_last or len(values) < 3:
+        return list(values)
+    return [values[d] for d in (0, *range(2, len(values)), 1)]
+
+
+def value_layout(node: Node, ctx) -> bool:
+    """Whether the node's input value is channels-last in the IR (only rank-3..5 values can be)."""
+    return 3 <= len(shape_of(node.args[0])) <= 5 and ctx.input_is_channels_last(node, 0)
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
@@ -24,10 +38,78 @@ def _convert_view(node: Node, ctx) -> None:
         # Flatten in NHWC order; the linear layer permutes its weights to match (no TRANSPOSE needed).
         x = ctx.input(node, 0)
         output = ctx.output(node, channels_last=False, flattened_from=tuple(in_shape[1:]))
+        ctx.builder.add_operator("RESHAPE", [x, ctx.int32_constant(f"{node.name}_shape", out_shape)], [output])
     else:
-        x = ctx.input(node, 0, channels_last=False)
-        output = ctx.output(node, channels_last=False)
+        _convert_reshape(node, ctx)
+
+
+def _convert_reshape(node: Node, ctx) -> None:
+    """Any reshape (view, squeeze, unsqueeze) in torch's element order: a channels-last input goes back to NCHW."""
+    x = ctx.input(node, 0, channels_last=False)
+    output = ctx.output(node, channels_last=False)
     ctx.builder.add_operator("RESHAPE", [x, ctx.int32_constant(f"{node.name}_shape", shape_of(node))], [output])
+
+
+def _slice_start(node: Node, size: int) -> int:
+    start = arg(node, 2, "start", None)
+    start = 0 if start is None else int(start)
+    start = start + size if start < 0 else start
+    return min(max(start, 0), size)
+
+
+def _check_slice(node: Node, ctx: CheckContext) -> Verdict:
+    step = arg(node, 4, "step", 1)
+    if not isinstance(step, int) or any(not isinstance(arg(node, i, name, None), int | None)
+                                        for i, name in ((2, "start"), (3, "end"))):
+        return reject("start, end and step must be static integers")
+    if step != 1:
+        return reject(f"slice step {step} is not supported; only step 1 (contiguous slices)")
+    if 0 in shape_of(node):
+        return reject(f"the slice is empty (output shape {list(shape_of(node))})")
+    return _check(node, ctx)
+
+
+def _emit_slice(node: Node, ctx, dim: int, start: int, output_shape: Sequence[int], output: int | None = None) -> int:
+    """A SLICE of the node's input along torch dim `dim` from `start`, keeping the input's layout."""
+    rank = len(shape_of(node.args[0]))
+    channels_last = value_layout(node, ctx)
+    x = ctx.input(node, 0, channels_last=channels_last)
+    begin = [0] * rank
+    begin[dim] = start
+    if output is None:
+        output = ctx.output(node, channels_last=channels_last)
+    ctx.builder.add_operator("SLICE", [x, ctx.int32_constant(f"{node.name}_begin", to_ir_order(begin, channels_last)),
+                                       ctx.int32_constant(f"{node.name}_size",
+                                                          to_ir_order(output_shape, channels_last))], [output])
+    return output
+
+
+def _convert_slice(node: Node, ctx) -> None:
+    in_shape = shape_of(node.args[0])
+    dim = arg(node, 1, "dim", 0) % len(in_shape)
+    _emit_slice(node, ctx, dim, _slice_start(node, in_shape[dim]), shape_of(node))
+
+
+def _check_select(node: Node, ctx: CheckContext) -> Verdict:
+    if not isinstance(node.args[2], int):
+        return reject("the selected index must be a static integer")
+    return _check(node, ctx)
+
+
+def _convert_select(node: Node, ctx) -> None:
+    """select = a size-1 SLICE, then a RESHAPE dropping the selected dim."""
+    in_shape = shape_of(node.args[0])
+    dim = node.args[1] % len(in_shape)
+    index = node.args[2] % in_shape[dim]
+    sliced_shape = list(in_shape)
+    sliced_shape[dim] = 1
+    channels_last = value_layout(node, ctx)
+    sliced = ctx.new_tensor(f"{node.name}_slice", to_ir_order(sliced_shape, channels_last), ctx.output_qparams(node))
+    _emit_slice(node, ctx, dim, index, sliced_shape, output=sliced)
+    if channels_last:
+        sliced = ctx.transpose(sliced, node.args[0], to_channels_last=False)
+    output = ctx.output(node, channels_last=False)
+    ctx.builder.add_operator("RESHAPE", [sliced, ctx.int32_constant(f"{node.name}_shape", shape_of(node))], [output])
 
 
 def _convert_permute(node: Node, ctx) -> None:
@@ -43,6 +125,7 @@ def _convert_clone(node: Node, ctx) -> None:
 
 
 _CONSTRAINTS = "static shape; alone in a partition it is a no-op and stays on the CPU"
+_SHARED = "int8; output shares the input's qparams"
 OPERATORS = [
     NeutronOperator(name="aten.view_copy.default", targets=(edge("aten.view_copy.default"),), kind=OpKind.SHAPE,
                     constraints=_CONSTRAINTS, check=_check, convert=_convert_view,
@@ -54,4 +137,18 @@ OPERATORS = [
                                                         edge("dim_order_ops._clone_dim_order.default")),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_clone,
                     quantization="int8; output shares the input's qparams"),
+    NeutronOperator(name="aten.slice_copy.Tensor", targets=(edge("aten.slice_copy.Tensor"),), kind=OpKind.SHAPE,
+                    constraints=f"step 1; static start and end; {_CONSTRAINTS}", check=_check_slice,
+                    convert=_convert_slice, quantization=_SHARED),
+    NeutronOperator(name="aten.select_copy.int", targets=(edge("aten.select_copy.int"),), kind=OpKind.SHAPE,
+                    constraints=f"static index; {_CONSTRAINTS}", check=_check_select, convert=_convert_select,
+                    quantization=_SHARED),
+    NeutronOperator(name="aten.squeeze_copy.dims",
+                    targets=(edge("aten.squeeze_copy.dims"), edge("aten.squeeze_copy.dim"),
+                             edge("aten.squeeze_copy.default")),
+                    kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_reshape,
+                    quantization=_SHARED),
+    NeutronOperator(name="aten.unsqueeze_copy.default", targets=(edge("aten.unsqueeze_copy.default"),),
+                    kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_reshape,
+                    quantization=_SHARED),
 ]
