@@ -213,10 +213,10 @@ def test_depthwise_conv_is_delegated():
     _assert_delegated(report, CONV)
 
 
-def test_grouped_conv_is_rejected():
+def test_grouped_conv_is_delegated():
+    # Lowered as one conv per group (tests/test_ops_conv.py has its numerics and limits).
     report = _run(_conv(8, 8, 3, padding=1, groups=2), (1, 8, 8, 8))
-    _assert_rejected(report, CONV, "grouped convolution (groups=2, Cin=8, Cout=8) is not supported yet; Neutron "
-                                   "runs groups=1 or depthwise (groups = Cin = Cout)")
+    _assert_delegated(report, CONV)
 
 
 def _weight_size_case(cin: int, kernel: int, size: int) -> Case:

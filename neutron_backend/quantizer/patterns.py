@@ -139,10 +139,15 @@ class Weighted:
         bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
         if not (is_float_tensor(x) and is_float_tensor(weight) and is_float_tensor(node)):
             return False
-        if self.transposed:
-            weight_spec = config.conv_transpose_weight
+        per_channel = self.per_channel
+        if self.transposed and (node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)) != 1:
+            # Axis 1 of a grouped transposed conv's weight holds Cout / groups channels, fewer than the bias has:
+            # per tensor keeps the bias scale consistent (the partitioner then rejects it with its reason).
+            per_channel = False
+        if not per_channel:
+            weight_spec = config.linear_weight
         else:
-            weight_spec = config.conv_weight if self.per_channel else config.linear_weight
+            weight_spec = config.conv_transpose_weight if self.transposed else config.conv_weight
         input_map: dict[Node, QuantizationSpecBase | None] = {x: config.activation, weight: weight_spec}
         if is_float_tensor(bias):
             input_map[bias] = DerivedQuantizationSpec(
@@ -151,8 +156,8 @@ class Weighted:
                 dtype=torch.int32,
                 quant_min=BIAS_QMIN,
                 quant_max=BIAS_QMAX,
-                qscheme=torch.per_channel_symmetric if self.per_channel else torch.per_tensor_symmetric,
-                ch_axis=0 if self.per_channel else None,
+                qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
+                ch_axis=0 if per_channel else None,
             )
         tail = _fused_tail(node, config, config_of)
         if not tail:
@@ -274,6 +279,7 @@ _INDEPENDENT = Independent()
 PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
     aten.conv1d.default: Weighted(per_channel=True),
     aten.conv2d.default: Weighted(per_channel=True),
+    aten.conv_transpose1d.default: Weighted(per_channel=True, transposed=True),
     aten.conv_transpose2d.input: Weighted(per_channel=True, transposed=True),
     aten.linear.default: Weighted(per_channel=False),
     aten.relu.default: _INDEPENDENT,
