@@ -1,0 +1,314 @@
+"""The `neutron` command, end to end by subprocess: compile -> run -> verify on a small model, every --help, one-line
+usage errors with exit status 2, ops/targets/models, the demo; and the data files the commands read."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from neutron_backend.pipeline import InputError, load_exported_program, load_model, load_samples
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+COMMANDS = ("compile", "run", "verify", "ops", "targets", "models", "demo")
+
+MODEL_SOURCE = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.pool = nn.MaxPool2d(2)
+            self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
+            self.fc = nn.Linear(16 * 4 * 4, 10)
+
+        def forward(self, x):
+            x = self.pool(torch.relu(self.conv1(x)))
+            return self.fc(torch.flatten(torch.relu(self.conv2(x)), 1))
+
+
+    def build():
+        torch.manual_seed(0)
+        return Net().eval(), (torch.randn(1, 3, 8, 8),)
+""")
+# conv1 + conv2 + fc: Cout * Hout * Wout * Cin * kH * kW, and inputs x outputs.
+NET_MACS = 8 * 8 * 8 * 3 * 9 + 16 * 4 * 4 * 8 * 9 + 256 * 10
+NUM_CALIBRATION = 8
+NUM_SAMPLES = 12
+
+
+def neutron(*args: str, cwd: Path, expect: int = 0) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, "-m", "neutron_backend.cli", *args], cwd=cwd, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == expect, f"neutron {' '.join(args)} -> {result.returncode}\n{result.stderr}"
+    return result
+
+
+def _one_line_error(result: subprocess.CompletedProcess, command: str) -> str:
+    """The error line of a failed command: exactly one, no traceback (progress lines may precede it)."""
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"neutron {command}:")]
+    assert len(lines) == 1 and lines[0].startswith(f"neutron {command}: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """A directory with the model source, calibration data (.npz) and labelled test data (.pt)."""
+    directory = tmp_path_factory.mktemp("cli")
+    (directory / "net.py").write_text(MODEL_SOURCE)
+    generator = torch.Generator().manual_seed(5)
+    np.savez(directory / "calib.npz", x=torch.randn(NUM_CALIBRATION, 3, 8, 8, generator=generator).numpy())
+    inputs = torch.randn(NUM_SAMPLES, 3, 8, 8, generator=generator)
+    model = load_model(str(directory / "net.py") + ":build").model
+    with torch.no_grad():
+        labels = torch.cat([model(x.unsqueeze(0)).argmax(dim=1) for x in inputs])
+    torch.save({"inputs": inputs, "labels": labels}, directory / "data.pt")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def compiled(work: Path) -> dict:
+    """`neutron compile net.py:build` with calibration data, an excluded operator and every output option."""
+    result = neutron("compile", "net.py:build", "--calibration-data", "calib.npz", "--exclude-op", "aten::max_pool2d",
+                     "-o", "out/net.pte", "--intermediates-dir", "inter", "--report", "json", "--graph", "net.html",
+                     cwd=work)
+    return {"report": json.loads(result.stdout), "stderr": result.stderr}
+
+
+# -- compile -> run -> verify ----------------------------------------------------------------------------------
+
+
+def test_compile_writes_the_pte_the_report_and_the_intermediates(work, compiled):
+    report = compiled["report"]
+    assert (work / "out" / "net.pte").stat().st_size > 0
+    assert report["num_partitions"] == 2
+    assert report["total_macs"] == report["delegated_macs"] == NET_MACS
+    (pool,) = [n for n in report["cpu_nodes"] if n["target"] == "aten.max_pool2d_with_indices.default"]
+    assert pool["reason"] == "excluded by operators_not_to_delegate ('aten::max_pool2d')"
+    assert json.loads((work / "inter" / "report.json").read_text()) == report
+    assert len(list((work / "inter").glob("neutron_partition_*.tflite"))) == 2
+    assert (work / "inter" / "quantized.pt2").is_file()
+    assert "<svg" in (work / "net.html").read_text()
+    stderr = compiled["stderr"]
+    assert f"calibrating on {NUM_CALIBRATION} batch(es) from calib.npz" in stderr
+    assert "partitioning and lowering for imxrt700: done in" in stderr
+    assert "no calibration data given" not in stderr
+
+
+@pytest.fixture(scope="module")
+def run_outputs(work: Path, compiled) -> tuple[subprocess.CompletedProcess, torch.Tensor]:
+    result = neutron("run", "out/net.pte", "--inputs", "data.pt", "--save", "outputs.pt", "--repeat", "2", cwd=work)
+    (outputs,) = torch.load(work / "outputs.pt")
+    return result, outputs
+
+
+def test_run_prints_outputs_and_timing_and_saves_them(work, run_outputs):
+    result, outputs = run_outputs
+    assert "sample 0 output 0: shape [1, 10], torch.float32, top-1 class " in result.stdout
+    assert f"(mean of {2 * NUM_SAMPLES}," in result.stdout
+    assert re.search(r"host run time: \d+\.\d\d ms per run", result.stdout)
+    assert outputs.shape == (NUM_SAMPLES, 1, 10)
+
+
+@pytest.fixture(scope="module")
+def verified(work: Path, compiled) -> dict:
+    result = neutron("verify", "out/net.pte", "--model", "net.py:build", "--data", "data.pt", "--calibration-data",
+                     "calib.npz", "--json", cwd=work)
+    return json.loads(result.stdout)
+
+
+def test_verify_against_quantized_and_float_references(verified):
+    assert verified["num_samples"] == NUM_SAMPLES
+    # Three requantizing NPU ops (conv, conv, linear) plus a CPU max pool: LiteRT vs torch differ by at most one
+    # output step per requantizing op; measured here: at most 1 step at the output.
+    assert verified["max_error_steps"] <= 1.0
+    assert verified["top1_agreement"] >= 11 / 12
+    # The labels are the float model's own classes.
+    assert verified["float_accuracy"] == 1.0
+    assert verified["pte_accuracy"] == verified["top1_agreement_with_float"]
+    assert verified["max_error_steps_vs_float"] >= verified["max_error_steps"] - 1
+
+
+def test_run_outputs_match_what_verify_measured(work, run_outputs, verified):
+    """`neutron run` and `neutron verify` run the same .pte on the same inputs: the error of run's saved outputs
+    against the quantized reference (quantized.pt2, computed here) is the one verify reported."""
+    _, outputs = run_outputs
+    reference = load_exported_program(work / "inter" / "quantized.pt2").module()
+    inputs = load_samples(work / "data.pt", [(1, 3, 8, 8)]).batches
+    (scale,) = verified["output_scales"]
+    with torch.no_grad():
+        expected = torch.stack([reference(*batch) for batch in inputs])
+    steps = ((outputs.double() - expected.double()).abs().max() / scale).item()
+    assert round(steps, 4) == verified["max_error_steps"]
+
+
+def test_verify_with_the_saved_quantized_reference_gives_the_same_result(work, verified):
+    """Re-quantizing with the same calibration data reproduces compile's reference exactly; --max-steps 0 fails
+    (exit 1) exactly when there is any error."""
+    expect = 1 if verified["max_error_steps"] > 0 else 0
+    result = neutron("verify", "out/net.pte", "--model", "net.py:build", "--data", "data.pt", "--quantized",
+                     "inter/quantized.pt2", "--json", "--max-steps", "0", cwd=work, expect=expect)
+    assert json.loads(result.stdout) == verified
+    assert ("FAILED" in result.stderr) == bool(expect)
+
+
+def test_compile_a_saved_exported_program_quietly_with_a_text_report(work):
+    model, inputs = load_model(str(work / "net.py") + ":build").model, (torch.randn(1, 3, 8, 8),)
+    torch.export.save(torch.export.export(model, inputs), work / "net.pt2")
+    result = neutron("compile", "net.pt2", "-q", "-o", "saved.pte", cwd=work)
+    assert (work / "saved.pte").stat().st_size > 0
+    assert result.stdout.startswith("Neutron delegation report for imxrt700\n  1 partition(s)")
+    assert f"{NET_MACS:,} of {NET_MACS:,} MACs on the NPU (100.0%)" in result.stdout
+    assert "Estimated latency on imxrt700" in result.stdout
+    # Quiet: no progress, but the warning about random calibration data stays.
+    assert "no calibration data given; calibrating on 16 random" in result.stderr
+    assert "neutron: quantizing" not in result.stderr and "calibrating:" not in result.stderr
+
+
+# -- help and errors -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("command", [None, *COMMANDS])
+def test_help(command, tmp_path):
+    args = ["--help"] if command is None else [command, "--help"]
+    result = neutron(*args, cwd=tmp_path)
+    assert result.stdout.startswith(f"usage: neutron {command or ''}".rstrip())
+    if command is None:
+        for name in COMMANDS:
+            assert re.search(rf"^    {name} ", result.stdout, re.MULTILINE), name
+
+
+def test_help_does_not_import_torch(tmp_path):
+    code = ("import sys\nfrom neutron_backend.cli import main\nfor argv in (['--help'], ['compile', '--help']):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'executorch') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_readme_documents_every_command_and_option():
+    from neutron_backend.cli import _parser
+
+    readme = README.read_text()
+    commands = next(a for a in _parser()._actions if a.dest == "command")
+    for name, parser in commands.choices.items():
+        assert f"neutron {name}" in readme, name
+        for action in parser._actions:
+            for option in action.option_strings:
+                if option.startswith("--") and option != "--help":
+                    assert option in readme, f"README does not document `neutron {name} {option}`"
+
+
+def test_usage_errors_are_one_line_with_status_2(work):
+    line = _one_line_error(neutron("compile", "net.py:build", "--target", "rt700", cwd=work, expect=2), "compile")
+    assert "'rt700'" in line and "imxrt700" in line
+    line = _one_line_error(neutron("compile", "resnet9", cwd=work, expect=2), "compile")
+    assert "unknown model 'resnet9'" in line and "cifarnet" in line and "FILE.py:FUNCTION" in line
+    line = _one_line_error(neutron("compile", "net.py:nothing", cwd=work, expect=2), "compile")
+    assert "has no function 'nothing'" in line and "'build'" in line
+    line = _one_line_error(neutron("compile", "net.py:build", "--exclude-op", "aten::convolutoin", cwd=work,
+                                   expect=2), "compile")
+    assert "aten::convolutoin" in line and "convolution" in line
+    np.savez(work / "wrong.npz", x=np.zeros((4, 3, 9, 9), dtype=np.float32))
+    line = _one_line_error(neutron("compile", "net.py:build", "--calibration-data", "wrong.npz", cwd=work,
+                                   expect=2), "compile")
+    assert "[4, 3, 9, 9]" in line and "[1, 3, 8, 8]" in line
+    line = _one_line_error(neutron("compile", "net.py:build", "--min-compute-ops", "0", cwd=work, expect=2),
+                           "compile")
+    assert "'0'" in line
+    line = _one_line_error(neutron("run", "missing.pte", cwd=work, expect=2), "run")
+    assert "missing.pte" in line
+    line = _one_line_error(neutron("verify", "missing.pte", cwd=work, expect=2), "verify")
+    assert "--model" in line
+
+
+# -- ops, targets, models, demo ----------------------------------------------------------------------------------
+
+
+def test_ops_evaluates_the_constraints_for_a_target(tmp_path):
+    from neutron_backend.ops.support_table import support_csv
+
+    result = neutron("ops", "--target", "mcxn94x", "--csv", cwd=tmp_path)
+    rows = list(csv.reader(io.StringIO(result.stdout)))
+    assert rows[0] == ["Operator", "Compute DType", "Quantization", "Constraints", "Limits on target"]
+    conv = next(row for row in rows if row[0] == "aten.convolution.default")
+    assert "ceil_to(Cin, 8) <= 65535" in conv[3]
+    assert not any("num_macs" in cell for row in rows for cell in row)
+    assert neutron("ops", "--csv", cwd=tmp_path).stdout == support_csv()
+    text = neutron("ops", "--target", "imxrt700", cwd=tmp_path).stdout
+    assert text.startswith("Neutron operator support on imxrt700 (eIQ Neutron N3-64: num_macs = 8, num_pipes = 8")
+
+
+def test_targets_and_costs_and_models(tmp_path):
+    from neutron_backend.cost_model import assumptions
+    from neutron_backend.models import list_models
+    from neutron_backend.targets import get_target, list_targets
+
+    out = neutron("targets", "--costs", cwd=tmp_path).stdout
+    for name in list_targets():
+        assert re.search(rf"^{name} ", out, re.MULTILINE)
+        assert f"Latency cost model for {name}" in out
+        for assumption in assumptions(get_target(name)):
+            assert str(assumption) in out
+    out = neutron("models", cwd=tmp_path).stdout
+    assert [line.split()[0] for line in out.splitlines()] == list_models()
+
+
+def test_demo_explains_where_why_how_accurate_how_fast(tmp_path):
+    out = neutron("demo", "--samples", "3", "-o", "demo.pte", "-q", cwd=tmp_path).stdout
+    assert out.startswith("Neutron backend demo: cifarnet on imxrt700 (eIQ Neutron N3-64, 64 MACs/cycle)")
+    cifarnet_macs = 32 * 32 * 32 * 3 * 25 + 32 * 16 * 16 * 32 * 25 + 64 * 8 * 8 * 32 * 25 + 1024 * 10
+    short = out[out.index("In short:"):].splitlines()
+    assert short[1] == (f"  where:    100.0% of the {cifarnet_macs / 1e6:.1f} M multiply-accumulates run on the NPU, "
+                        "in 1 delegate call(s)")
+    assert short[2].startswith("  why:      every operator met Neutron's constraints on imxrt700")
+    steps = float(re.search(r"within ([\d.]+) output quantization step", short[3]).group(1))
+    assert steps <= 1.0
+    assert re.match(r"  speed:    about \d+\.\d\d ms per inference on imxrt700, vs ~\d+\.\d ms on the Cortex-M33",
+                    short[4])
+    assert (tmp_path / "demo.pte").stat().st_size > 0
+
+
+# -- data files --------------------------------------------------------------------------------------------------
+
+
+def test_load_samples_splits_stacked_data_into_model_batches(tmp_path):
+    data = torch.arange(4 * 2 * 3, dtype=torch.float64).reshape(4, 2, 3)
+    torch.save(data, tmp_path / "stacked.pt")
+    batches = load_samples(tmp_path / "stacked.pt", [(2, 2, 3)]).batches
+    assert [b[0].shape for b in batches] == [(2, 2, 3)] * 2 and batches[0][0].dtype == torch.float32
+    assert torch.equal(torch.cat([b[0] for b in batches]), data.float())
+    # A leading sample dimension over the full input shape, and two inputs as a tuple.
+    torch.save((data.reshape(4, 1, 2, 3), data.reshape(4, 1, 2, 3) + 1), tmp_path / "pairs.pt")
+    pairs = load_samples(tmp_path / "pairs.pt", [(1, 2, 3), (1, 2, 3)]).batches
+    assert len(pairs) == 4 and torch.equal(pairs[3][1], data[3:4].float() + 1)
+    # A list of ready batches; a .npz with labels.
+    torch.save([data[:1], data[1:2]], tmp_path / "list.pt")
+    assert len(load_samples(tmp_path / "list.pt", [(1, 2, 3)]).batches) == 2
+    np.savez(tmp_path / "labelled.npz", images=data.numpy(), labels=np.array([3, 1, 4, 1]))
+    samples = load_samples(tmp_path / "labelled.npz", [(1, 2, 3)])
+    assert [int(label) for label in samples.labels] == [3, 1, 4, 1]
+
+
+def test_load_samples_errors_name_the_shapes(tmp_path):
+    torch.save(torch.zeros(3, 2, 3), tmp_path / "odd.pt")
+    with pytest.raises(InputError, match=r"input 0 has shape \[3, 2, 3\]; the model's input 0 is \[2, 2, 3\]"):
+        load_samples(tmp_path / "odd.pt", [(2, 2, 3)])
+    with pytest.raises(InputError, match=r"holds 1 input array\(s\); the model takes 2"):
+        load_samples(tmp_path / "odd.pt", [(1, 2, 3), (1, 2, 3)])
+    (tmp_path / "data.csv").write_text("1,2,3\n")
+    with pytest.raises(InputError, match=r"unsupported data file type '\.csv'"):
+        load_samples(tmp_path / "data.csv", [(1, 3)])
