@@ -10,11 +10,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import executorch.kernels.quantized  # noqa: F401  (out-variants of quantize/dequantize for to_executorch)
 import pytest
 import torch
 import torch.nn.functional as F
-from numerics import Fn, check_case
+from conftest import entry_for
+from executorch.exir import to_edge_transform_and_lower
+from numerics import CALIBRATION_BATCHES, Fn, check_case, sample_inputs
 from torch import nn
+
+from neutron_backend.compile_spec import generate_neutron_compile_spec
+from neutron_backend.partitioner import NeutronPartitioner
+from neutron_backend.quantizer.calibration import quantize_model, random_batches
+from neutron_backend.runtime import load_pte
+from neutron_backend.verify import verify
 
 CONV = "aten.convolution.default"
 ADDMM = "aten.addmm.default"
@@ -178,3 +187,35 @@ def test_operator_numerics(case: str, tmp_path: Path, record_property) -> None:
     factory, shapes, targets, requantizing_ops = CASES[case]
     torch.manual_seed(0)
     check_case(case, factory(), shapes, targets, tmp_path, record_property, max_error_steps=float(requantizing_ops))
+
+
+def _lower_and_verify(model: nn.Module, shapes: tuple[tuple[int, ...], ...], directory: Path, **spec_kwargs):
+    """Quantizes and lowers `model` with a compile spec built from `spec_kwargs`; returns (report, verify result)."""
+    torch.manual_seed(0)
+    example_inputs = tuple(torch.randn(shape) for shape in shapes)
+    quantized = quantize_model(model.eval(), example_inputs,
+                               calibration_batches=random_batches(example_inputs, CALIBRATION_BATCHES), progress=False)
+    partitioner = NeutronPartitioner(generate_neutron_compile_spec("imxrt700", **spec_kwargs))
+    edge = to_edge_transform_and_lower(torch.export.export(quantized, example_inputs), partitioner=[partitioner])
+    pte = directory / "model.pte"
+    pte.write_bytes(edge.to_executorch().buffer)
+    return partitioner.report, verify(load_pte(pte), quantized, sample_inputs(example_inputs))
+
+
+@pytest.mark.parametrize("dim", [1, -1])
+def test_softmax_after_a_cpu_conv_follows_its_dim_not_the_partition_format(dim: int, tmp_path: Path) -> None:
+    """The conv (left on the CPU) makes the value channels-first in the whole graph, but inside the softmax's
+    partition nothing says so: the IR layout must follow from the softmax dim alone."""
+    report, result = _lower_and_verify(ConvThen(lambda v: torch.softmax(v, dim)), (IMAGE,), tmp_path,
+                                       operators_not_to_delegate=["aten::convolution"])
+    assert entry_for(report, SOFTMAX).delegated and not entry_for(report, CONV).delegated, str(report)
+    assert result.max_error_steps <= 1.0, str(result)
+
+
+@pytest.mark.parametrize("dim", [1, 3])
+def test_cat_after_a_cpu_conv_maps_its_dim_in_the_layout_it_picks(dim: int, tmp_path: Path) -> None:
+    """As above for cat: whatever layout the partition picks, the torch dim maps to the matching IR axis."""
+    report, result = _lower_and_verify(ConvThen(lambda v: torch.cat([v, v], dim), kernel=1), (IMAGE,), tmp_path,
+                                       operators_not_to_delegate=["aten::convolution"])
+    assert entry_for(report, CAT).delegated and not entry_for(report, CONV).delegated, str(report)
+    assert result.max_error_steps == 0.0, str(result)

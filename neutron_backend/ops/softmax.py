@@ -35,18 +35,26 @@ def _output_form(scale: float, zero_point: int) -> str | None:
     return None
 
 
-def _channel_axis(node: Node, ctx: CheckContext) -> int:
+def softmax_dim(node: Node) -> int:
+    """The dimension softmax normalises over, non-negative."""
+    return node.args[1] % len(shape_of(node))
+
+
+def _runs_channels_last(node: Node) -> bool:
+    """SOFTMAX normalises the IR's last axis: torch dim 1 of a rank-3..5 value is last in the channels-last layout,
+    the last torch dim in torch's own order. The layout follows from the dim alone, whatever the value's format."""
     rank = len(shape_of(node))
-    return 1 if rank >= 3 and ctx.is_channels_first(node) else rank - 1
+    return 3 <= rank <= 5 and softmax_dim(node) == 1
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
     shape = shape_of(node)
-    dim = node.args[1] % len(shape)
-    axis = _channel_axis(node, ctx)
-    if dim != axis:
+    rank, dim = len(shape), softmax_dim(node)
+    if dim != rank - 1 and not _runs_channels_last(node):
+        last = rank - 1
+        where = f"the channel dim (1) or the last dim ({last})" if 3 <= rank <= 5 else f"the channel dim ({last})"
         return reject(f"softmax over dim {dim} of a tensor of shape {list(shape)}; Neutron computes softmax over "
-                      f"the channel dim ({axis}) only")
+                      f"{where} only")
     output_q = ctx.output_qparams(node)
     if output_q is not None and _output_form(output_q.scale, output_q.zero_point) is None:
         return reject(f"output quantized with scale {output_q.scale:.6g}, zero point {output_q.zero_point}; int8 "
@@ -58,7 +66,7 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
 def _convert(node: Node, ctx) -> None:
     from ai_edge_litert import schema_py_generated as schema
 
-    channels_last = ctx.prefers_channels_last(node)
+    channels_last = _runs_channels_last(node)
     x = ctx.input(node, 0, channels_last=channels_last)
     output = ctx.output(node, channels_last=channels_last)
     options = schema.SoftmaxOptionsT()
@@ -75,7 +83,7 @@ def _convert(node: Node, ctx) -> None:
 
 def _check_target(node: Node, ctx: CheckContext) -> Verdict:
     shape = shape_of(node)
-    channels = shape[_channel_axis(node, ctx)]
+    channels = shape[softmax_dim(node)]
     total = numel(shape)
     if channels > MAX_CHANNELS:
         return reject(f"C = {channels} > {MAX_CHANNELS} channels")
@@ -88,7 +96,8 @@ def _check_target(node: Node, ctx: CheckContext) -> Verdict:
 
 OPERATORS = [
     NeutronOperator(name="aten._softmax.default", targets=(edge("aten._softmax.default"),), kind=OpKind.COMPUTE,
-                    constraints=(f"over the channel dim; C <= {MAX_CHANNELS}; product of other dims <= {MAX_OTHER}; "
+                    constraints=("over the channel dim (1) or the last dim, transposed when the value's layout puts "
+                                 f"the other one last; C <= {MAX_CHANNELS}; product of other dims <= {MAX_OTHER}; "
                                  f"total <= {MAX_TOTAL}"),
                     check=_check, check_target=_check_target, convert=_convert,
                     quantization=("int8; output fixed at scale 1/256, zero point -128 (1/128, zero point 0 when it "
