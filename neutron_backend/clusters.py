@@ -246,6 +246,14 @@ class ClusterIndex:
             source = tensor_inputs(source)[0]
         if is_dequantize(source):
             cluster.dequantized_inputs.append(source)
+            if len(source.users) > 1 and cluster.problem is None:
+                # convert_pt2e gives every quantized operator its own dequantize; a shared one comes from a
+                # decomposition after quantization, and a partition cannot take it without also feeding the CPU.
+                other = next(user for user in source.users if user is not cluster.head
+                             and user not in cluster.auxiliary)
+                cluster.problem = (f"its input dequantize '{source.name}' also feeds '{other.name}' "
+                                   f"({op_name(other) or other.op}); Neutron needs a dequantize of its own per "
+                                   "quantized operator")
         elif cluster.problem is None:
             if self.constants.is_constant(source):
                 cluster.problem = (f"not quantized: input '{source.name}' is a float constant, not dequantized int8; "

@@ -167,8 +167,9 @@ class NeutronPartitioner(Partitioner):
             if cluster is None or cluster.head is not node:
                 return False
             verdict = self._cluster_verdict(cluster, ctx)
-            if not verdict:
-                logger.info("decomposing %s '%s' for the CPU: %s", target_name(node), node.name, verdict.reason)
+            if not verdict and cluster.problem is None:  # quantized, yet not delegable: say why it runs decomposed
+                logger.warning("Neutron: %s '%s' is decomposed for the CPU: %s", target_name(node), node.name,
+                               verdict.reason)
             return verdict.ok
 
         return [*self.preserve_ops, *(op for key, op in kept_whole.items() if key in present)], keep_whole

@@ -70,6 +70,7 @@ ADDMM = "aten.addmm.default"
 MM = "aten.mm.default"
 RELU = "aten.relu.default"
 HARDTANH = "aten.hardtanh.default"
+CLAMP = "aten.clamp.default"
 ADD = "aten.add.Tensor"
 IMAGE = (1, 3, 8, 8)
 FEATURE_MAP = (1, 8, 6, 6)
@@ -93,6 +94,15 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[tuple[int, ...], ...], tup
     "hardtanh_minus1_1": (lambda: nn.Hardtanh(-1.0, 1.0), (FEATURE_MAP,), (HARDTANH,)),
     # Not a ReLU form: the quantizer shares the input's qparams and the IR clamps with MAXIMUM/MINIMUM.
     "hardtanh_minus0.5_0.75": (lambda: nn.Hardtanh(-0.5, 0.75), (FEATURE_MAP,), (HARDTANH,)),
+    "clamp_0_6": (lambda: Fn(lambda x: torch.clamp(x, 0.0, 6.0)), (FEATURE_MAP,), (CLAMP,)),
+    "clamp_min_0": (lambda: Fn(lambda x: torch.clamp(x, min=0.0)), (FEATURE_MAP,), (CLAMP,)),
+    "clamp_0_1": (lambda: Fn(lambda x: torch.clamp(x, 0.0, 1.0)), (FEATURE_MAP,), (CLAMP,)),
+    # Not ReLU forms: input and output share qparams; MAXIMUM and/or MINIMUM with the quantized bounds.
+    "clamp_minus0.5_0.75": (lambda: Fn(lambda x: torch.clamp(x, -0.5, 0.75)), (FEATURE_MAP,), (CLAMP,)),
+    "clamp_max_0.5": (lambda: Fn(lambda x: torch.clamp(x, max=0.5)), (FEATURE_MAP,), (CLAMP,)),
+    # ReLU forms run fused into the conv/linear (no requantization in between).
+    "conv_clamp_0_6": (lambda: Conv(act=lambda y: torch.clamp(y, 0.0, 6.0), padding=1), (IMAGE,), (CONV, CLAMP)),
+    "linear_clamp_minus1_1": (lambda: Linear(act=lambda y: torch.clamp(y, -1.0, 1.0)), ((1, 16),), (ADDMM, CLAMP)),
     "add": (lambda: Fn(torch.add), (FEATURE_MAP, FEATURE_MAP), (ADD,)),
     "add_relu": (lambda: Fn(lambda x, y: torch.relu(x + y)), (FEATURE_MAP, FEATURE_MAP), (ADD, RELU)),
     "add_same_input": (lambda: Fn(lambda x: x + x), (FEATURE_MAP,), (ADD,)),
@@ -122,16 +132,13 @@ CASES: dict[str, tuple[Callable[[], nn.Module], tuple[tuple[int, ...], ...], tup
 # Registered operators a case above exercises, by registry name (see test_every_registered_operator_is_covered).
 COVERED = {
     "aten.convolution.default", "aten.addmm.default", "aten.mm.default", "aten.relu.default",
-    "aten.hardtanh.default", "aten.add.Tensor", "aten.avg_pool2d.default", "aten._adaptive_avg_pool2d.default",
+    "aten.hardtanh.default", "aten.clamp.default", "aten.add.Tensor", "aten.avg_pool2d.default",
+    "aten._adaptive_avg_pool2d.default",
     "aten.max_pool2d_with_indices.default", "aten.mean.dim", "aten.view_copy.default",
     "aten.permute_copy.default", "aten.clone.default", "aten.cat.default", "aten._softmax.default",
 }
 # Registered but unreachable through NeutronQuantizer today, with the reason.
-NOT_REACHABLE = {
-    "aten.clamp.default": "NeutronQuantizer does not annotate aten.clamp, so torch.clamp stays a float op outside "
-                          "any QDQ cluster; its bounds are covered through hardtanh (same converter)",
-}
-
+NOT_REACHABLE: dict[str, str] = {}
 
 # Known library bugs, each with its reproducer; strict, so fixing the bug turns the case into a failure to un-mark.
 @pytest.mark.parametrize("case", list(CASES))
@@ -158,15 +165,6 @@ def test_every_registered_operator_is_covered() -> None:
         f"registered but without a numerics case: {sorted(registered - covered - set(not_reachable))}")
     assert not (covered | set(not_reachable)) - registered, (
         f"listed but no longer registered: {sorted((covered | set(not_reachable)) - registered)}")
-
-
-def test_clamp_is_not_quantized_by_neutron_quantizer(tmp_path: Path) -> None:
-    """torch.clamp with any bounds stays on the CPU: documents why aten.clamp has no numerics case."""
-    example_inputs = (torch.randn(FEATURE_MAP),)
-    model = Fn(lambda x: torch.clamp(x, -0.5, 0.75))
-    lowered = lower(model, example_inputs, tmp_path)
-    clamps = [entry for entry in lowered.report.nodes if entry.target == "aten.clamp.default"]
-    assert clamps and not any(entry.delegated for entry in clamps), str(lowered.report)
 
 
 # ---------------------------------------------------------------------------------------------------------------

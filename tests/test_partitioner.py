@@ -322,8 +322,6 @@ def test_quantized_activation_is_delegated(case):
 
 @pytest.mark.parametrize("fn", [lambda x: torch.clamp(x, 0.0, 6.0), lambda x: torch.clamp(x, min=0.0)],
                          ids=["clamp0..6", "clamp0..inf"])
-@pytest.mark.xfail(strict=True, reason="library bug: NeutronQuantizer has no pattern for aten.clamp "
-                                       "(quantizer/patterns.py PATTERNS), so a ReLU-form clamp stays float")
 def test_clamp_relu_form_is_delegated_through_the_quantizer(fn):
     report = _run_fn(fn, (1, 8, 4, 4))
     _assert_delegated(report, CLAMP)

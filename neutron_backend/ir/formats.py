@@ -20,6 +20,7 @@ _CARRIES_FORMAT = {
     "quantize_per_tensor", "dequantize_per_tensor", "getitem", "relu", "hardtanh", "clamp", "add", "sub", "mul",
     "maximum", "minimum", "cat", "clone", "_clone_dim_order", "_softmax", "mean", "sum", "amax", "amin", "sigmoid",
     "tanh", "hardswish", "leaky_relu", "abs", "neg", "exp", "log", "rsqrt", "constant_pad_nd", "div",
+    "hardsigmoid", "silu", "prelu",
     "slice_copy", "reflection_pad1d", "reflection_pad2d",
 }
 

@@ -75,8 +75,9 @@ def _convert(node: Node, ctx) -> None:
         current = result
 
 
-_CONSTRAINTS = ("bounds (0, inf), (0, 6), (-1, 1), (0, 1) map to ReLU activations; other bounds need equal "
-                "input/output qparams; fused into a preceding convolution or linear layer")
+_CONSTRAINTS = ("bounds (0, inf), (0, 6), (-1, 1) run as RELU, RELU6, RELU_N1_TO_1, fused into a preceding "
+                "convolution or linear layer; (0, 1) as RELU_0_TO_1; other bounds need equal input/output qparams "
+                "(clamped in the integer domain)")
 OPERATORS = [
     NeutronOperator(name="aten.relu.default", targets=(edge("aten.relu.default"),), kind=OpKind.ACTIVATION,
                     constraints="fused into a preceding convolution or linear layer when it follows one",

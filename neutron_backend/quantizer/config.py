@@ -23,6 +23,9 @@ BIAS_QMIN, BIAS_QMAX = -(2**31), 2**31 - 1
 
 # Softmax output: [0, 1) over the int8 range, the fixed qparams TFLite's int8 SOFTMAX requires.
 SOFTMAX_SCALE, SOFTMAX_ZERO_POINT = 1.0 / 256.0, -128
+# Sigmoid output: [0, 1) like softmax; tanh output: [-1, 1) over the int8 range (TFLite's int8 LOGISTIC/TANH).
+SIGMOID_SCALE, SIGMOID_ZERO_POINT = 1.0 / 256.0, -128
+TANH_SCALE, TANH_ZERO_POINT = 1.0 / 128.0, 0
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,12 @@ from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 from neutron_backend.quantizer.config import (
     BIAS_QMAX,
     BIAS_QMIN,
+    SIGMOID_SCALE,
+    SIGMOID_ZERO_POINT,
     SOFTMAX_SCALE,
     SOFTMAX_ZERO_POINT,
+    TANH_SCALE,
+    TANH_ZERO_POINT,
     NeutronQuantizationConfig,
     fixed_qparams_spec,
 )
@@ -65,23 +69,45 @@ def _set_annotation(
     )
 
 
+_CLAMPS = (aten.clamp.default, aten.clamp_.default)
+_HARDTANHS = (aten.hardtanh.default, aten.hardtanh_.default)
+
+
+def _arg(node: Node, index: int, name: str, default: object) -> object:
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
 def _hardtanh_bounds(node: Node) -> tuple[float, float]:
-    min_val = node.args[1] if len(node.args) > 1 else node.kwargs.get("min_val", -1.0)
-    max_val = node.args[2] if len(node.args) > 2 else node.kwargs.get("max_val", 1.0)
-    return float(min_val), float(max_val)
+    """(min, max) of a hardtanh or clamp node (clamp_min/clamp_max included); a missing clamp bound is infinite."""
+    if node.target in _HARDTANHS:
+        return float(_arg(node, 1, "min_val", -1.0)), float(_arg(node, 2, "max_val", 1.0))
+    if node.target == aten.clamp_min.default:
+        low, high = _arg(node, 1, "min", None), None
+    elif node.target == aten.clamp_max.default:
+        low, high = None, _arg(node, 1, "max", None)
+    else:
+        low, high = _arg(node, 1, "min", None), _arg(node, 2, "max", None)
+    return (-float("inf") if low is None else float(low)), (float("inf") if high is None else float(high))
 
 
 # Clamp bounds the NPU runs as an activation function (RELU6, RELU_N1_TO_1, RELU_0_TO_1): their output
 # range is independent of the input's. Other bounds only clip, so the output keeps the input's qparams.
-_ACTIVATION_BOUNDS = frozenset({(0.0, 6.0), (-1.0, 1.0), (0.0, 1.0)})
+_ACTIVATION_BOUNDS = frozenset({(0.0, float("inf")), (0.0, 6.0), (-1.0, 1.0), (0.0, 1.0)})
+# The ones TFLite's int8 conv/fully-connected kernels run as a fused activation (RELU, RELU6, RELU_N1_TO_1).
+_FUSABLE_BOUNDS = frozenset({(0.0, float("inf")), (0.0, 6.0), (-1.0, 1.0)})
 
 
 def _is_fusable_activation(node: Node) -> bool:
-    """Returns whether `node` is a ReLU or ReLU6 form, which a conv/linear runs fused (no requantization)."""
+    """Returns whether `node` is a ReLU, ReLU6 or ReLU_N1_TO_1 form (relu, relu6, hardtanh or clamp), which a
+    conv/linear runs fused (no requantization).
+
+    sigmoid and tanh are not: TFLite's int8 conv/fully-connected kernels fuse only these three, so a sigmoid or
+    tanh after a conv is its own LOGISTIC/TANH operator reading an int8 tensor, whose qparams the conv's output
+    observer provides.
+    """
     if node.target in (aten.relu.default, aten.relu_.default, aten.relu6.default):
         return True
-    is_hardtanh = node.target in (aten.hardtanh.default, aten.hardtanh_.default)
-    return is_hardtanh and _hardtanh_bounds(node) == (0.0, 6.0)
+    return node.target in (*_HARDTANHS, *_CLAMPS) and _hardtanh_bounds(node) in _FUSABLE_BOUNDS
 
 
 def _is_batch_norm(node: Node) -> bool:
@@ -214,8 +240,8 @@ class SharedAll:
 
 @dataclass(frozen=True)
 class Clamp:
-    """hardtanh: an activation form (0..6, -1..1, 0..1) is observed on its own; other bounds share the input's
-    qparams."""
+    """hardtanh, clamp: an activation form (0..inf, 0..6, -1..1, 0..1) is observed on its own; other bounds share
+    the input's qparams."""
 
     def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
         kind = Independent() if _hardtanh_bounds(node) in _ACTIVATION_BOUNDS else SharedWithInput()
@@ -224,7 +250,7 @@ class Clamp:
 
 @dataclass(frozen=True)
 class FixedOutput:
-    """softmax: input observed, output with the fixed qparams the NPU kernel produces."""
+    """softmax, sigmoid, tanh: input observed, output with the fixed qparams the NPU kernel produces."""
 
     scale: float
     zero_point: int
@@ -287,6 +313,34 @@ PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
     aten.relu6.default: _INDEPENDENT,
     aten.hardtanh.default: Clamp(),
     aten.hardtanh_.default: Clamp(),
+    aten.clamp.default: Clamp(),
+    aten.clamp_.default: Clamp(),
+    aten.clamp_min.default: Clamp(),
+    aten.clamp_max.default: Clamp(),
+    # Unary activations and math (neutron_backend/ops/unary.py); in-place variants as export produces them.
+    aten.sigmoid.default: FixedOutput(SIGMOID_SCALE, SIGMOID_ZERO_POINT),
+    aten.sigmoid_.default: FixedOutput(SIGMOID_SCALE, SIGMOID_ZERO_POINT),
+    aten.tanh.default: FixedOutput(TANH_SCALE, TANH_ZERO_POINT),
+    aten.tanh_.default: FixedOutput(TANH_SCALE, TANH_ZERO_POINT),
+    aten.hardswish.default: _INDEPENDENT,
+    aten.hardswish_.default: _INDEPENDENT,
+    aten.hardsigmoid.default: _INDEPENDENT,
+    aten.hardsigmoid_.default: _INDEPENDENT,
+    aten.silu.default: _INDEPENDENT,
+    aten.silu_.default: _INDEPENDENT,
+    aten.leaky_relu.default: _INDEPENDENT,
+    aten.leaky_relu_.default: _INDEPENDENT,
+    aten.prelu.default: Slope(),
+    aten.abs.default: _INDEPENDENT,
+    aten.abs_.default: _INDEPENDENT,
+    aten.neg.default: _INDEPENDENT,
+    aten.neg_.default: _INDEPENDENT,
+    aten.exp.default: _INDEPENDENT,
+    aten.exp_.default: _INDEPENDENT,
+    aten.log.default: _INDEPENDENT,
+    aten.log_.default: _INDEPENDENT,
+    aten.rsqrt.default: _INDEPENDENT,
+    aten.rsqrt_.default: _INDEPENDENT,
     aten.add.Tensor: _INDEPENDENT,
     aten.sub.Tensor: _INDEPENDENT,
     # Inputs observed (each follows its producer, see settle_input_specs), not NXP's fixed (1/256, 0): measured
