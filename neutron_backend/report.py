@@ -320,9 +320,15 @@ class DelegationReport:
                 *_table(("#", "nodes", "MACs", "in/out", "transposes", "est. time", "operators"), rows)]
 
     def _operator_lines(self) -> list[str]:
+        plumbing_targets = {e.target for e in self.nodes if e.kind in PLUMBING_KINDS}
+        counts = self.operator_counts()
         rows = [(c.operator, str(c.delegated), str(c.cpu), f"{c.delegated_macs:,}" if c.delegated_macs else "",
                  f"{c.cpu_macs:,}" if c.cpu_macs else "")
-                for c in self.operator_counts()]
+                for c in counts if c.operator not in plumbing_targets]
+        plumbing = [c for c in counts if c.operator in plumbing_targets]
+        if plumbing:
+            rows.append(("(quantize, dequantize, getitem)", str(sum(c.delegated for c in plumbing)),
+                         str(sum(c.cpu for c in plumbing)), "", ""))
         return ["", "Operators (nodes per operator type)",
                 *_table(("operator", "NPU", "CPU", "MACs on NPU", "MACs on CPU"), rows)]
 
