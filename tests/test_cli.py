@@ -246,6 +246,8 @@ def test_ops_evaluates_the_constraints_for_a_target(tmp_path):
     assert rows[0] == ["Operator", "Compute DType", "Quantization", "Constraints", "Limits on target"]
     conv = next(row for row in rows if row[0] == "aten.convolution.default")
     assert "ceil_to(Cin, 8) <= 65535" in conv[3]
+    # 3x3: 65535 // 9 = 7281 weights per output channel, rounded down to a multiple of num_macs = 8.
+    assert "7280 for 3x3" in conv[4]
     assert not any("num_macs" in cell for row in rows for cell in row)
     assert neutron("ops", "--csv", cwd=tmp_path).stdout == support_csv()
     text = neutron("ops", "--target", "imxrt700", cwd=tmp_path).stdout

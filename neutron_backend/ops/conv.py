@@ -35,6 +35,7 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.targets import NeutronTarget
 
 # Neutron's limits (facts.md, from NXP's Neutron documentation as applied by NXP's backend).
 MAX_KERNEL_STRIDE_DILATION = 4096
@@ -172,6 +173,12 @@ def _check_target(node: Node, ctx: CheckContext) -> Verdict:
     if p.transposed and not (verdict := _check_transposed_target(p)):
         return verdict
     return _weight_size(p, ctx)
+
+
+def _target_limits(target: NeutronTarget) -> str:
+    """The weight-size limit in numbers: the largest input channel count per square kernel size."""
+    largest = [(k, MAX_WEIGHT_SIZE // (k * k) // target.num_macs * target.num_macs) for k in (1, 3, 5, 7)]
+    return "Cin (per group) <= " + ", ".join(f"{cin} for {k}x{k}" for k, cin in largest) + " kernels"
 
 
 def _macs(node: Node) -> int:
@@ -384,5 +391,6 @@ OPERATORS = [
         macs=_macs,
         weight_args=(1, 2),
         convert=_convert,
+        target_limits=_target_limits,
     ),
 ]
