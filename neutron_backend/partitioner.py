@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -212,12 +213,18 @@ class NeutronPartitioner(Partitioner):
         if cluster.problem is not None:
             if excluded:
                 return reject(f"left in float by the quantizer configuration ({excluded})")
+            value = head.meta.get("val")
+            if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16, torch.float64):
+                return reject(f"not quantized: it computes in {value.dtype}, and NeutronQuantizer quantizes float32 "
+                              "only; convert the model with .float() before quantizing it")
             return reject(cluster.problem)
         operator = ops.lookup(head.target)
         if operator is None:
             return reject(f"{target_name(head)} has no Neutron implementation in this backend")
         if user_reason := self._excluded_by_user(head):
             return reject(user_reason)
+        if shape_problem := _shape_problem([*flat_inputs(head), head, *cluster.fused]):
+            return reject(shape_problem)
         if not (verdict := self._quantization_verdict(cluster, ctx, operator)):
             return verdict
         if not (verdict := operator.verdict(head, ctx)):
@@ -391,6 +398,8 @@ class NeutronPartitioner(Partitioner):
                 partition_of[node] = number
         tag_constant_data(exported_program)
         self.report = self._report(exported_program, index, verdicts, partition_of, len(partitions))
+        if not partitions:
+            _warn_nothing_delegated(index, verdicts)
         logger.info("%s", self.report.to_dict() if logger.isEnabledFor(logging.DEBUG) else
                     f"Neutron: {len(partitions)} partition(s), "
                     f"{100 * self.report.delegated_mac_fraction:.1f}% of MACs delegated")
@@ -423,6 +432,32 @@ def kept_whole_operators() -> dict[tuple[str, str], Any]:
         if ops.schema_key(aten_op) in decomposed:
             kept[ops.schema_key(aten_op)] = aten_op
     return kept
+
+
+def _shape_problem(nodes: Sequence[Node]) -> str | None:
+    """Why tensors of these shapes cannot run on Neutron (dynamic or zero-size), or None."""
+    for node in nodes:
+        value = node.meta.get("val")
+        if not isinstance(value, torch.Tensor):
+            continue
+        shape = list(value.shape)
+        if not all(isinstance(d, int) for d in shape):
+            return (f"'{node.name}' has a dynamic shape {shape}; Neutron runs static shapes only (export this part "
+                    "of the model without dynamic_shapes)")
+        if 0 in shape:
+            return f"'{node.name}' has no elements (shape {shape}); there is nothing for Neutron to compute"
+    return None
+
+
+def _warn_nothing_delegated(index: ClusterIndex, verdicts: dict[int, Verdict]) -> None:
+    """Warns that the whole program runs on the CPU, with the most common reason."""
+    reasons = collections.Counter(verdicts[id(c)].reason for c in index.clusters if not verdicts[id(c)])
+    if not reasons:
+        logger.warning("Neutron: nothing was delegated: the program has no operators Neutron could run")
+        return
+    reason, count = reasons.most_common(1)[0]
+    logger.warning("Neutron: nothing was delegated, the whole program runs on the CPU; %d of %d operator(s) "
+                   "because: %s (see NeutronPartitioner.report for every node)", count, len(index.clusters), reason)
 
 
 def _cpu_reason(node: Node, cluster: Cluster | None, verdicts: dict[int, Verdict]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from typing import Any
 
@@ -44,7 +45,14 @@ class Program:
 
         self.path = os.fspath(path)
         self.method_name = method_name
-        self._program = Runtime.get().load_program(self.path)
+        if not os.path.isfile(self.path):
+            raise FileNotFoundError(errno.ENOENT, "no such .pte file", self.path)
+        try:
+            self._program = Runtime.get().load_program(self.path)
+        except RuntimeError as exc:
+            raise NeutronRuntimeError(
+                f"{self.path} ({os.path.getsize(self.path)} bytes) is not a loadable ExecuTorch program (truncated, "
+                f"corrupted or not a .pte): {exc}") from exc
         if method_name not in self._program.method_names:
             raise ValueError(f"{self.path} has no method {method_name!r}; it has {sorted(self._program.method_names)}")
         _host.clear_last_error()
