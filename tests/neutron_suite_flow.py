@@ -1,0 +1,175 @@
+"""Our int8 flow for ExecuTorch's backend operator test suite (``executorch/backends/test/suite`` in the wheel).
+
+The suite runs each case as: eager check, quantize, export, ``to_edge_transform_and_lower``, ``to_executorch``,
+serialize, run the ``.pte`` with ExecuTorch's pybindings and compare with the exported quantized model. This flow
+fills those stages with NeutronQuantizer (calibrated on the example inputs and seeded random batches like the
+suite's test inputs), NeutronPartitioner, and the host runtime (``neutron_backend.runtime.register()``, so the
+pybindings run Neutron delegates). Outputs are compared with the harness's quantized tolerance of one output
+quantization step (``qtol=1``, DESIGN.md §7) on top of the suite's atol/rtol.
+
+Loaded as a pytest plugin (``-p neutron_suite_flow``) it replaces the suite's flows with this one before the
+suite's conftest reads them, records every case's outcome as a JSON line in ``$NEUTRON_SUITE_RESULTS``, and stops
+a case that runs longer than ``$NEUTRON_SUITE_TIMEOUT`` seconds (default 300). ``bench/backend_suite.py`` and
+``tests/test_backend_suite.py`` run the suite this way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import executorch.kernels.quantized  # noqa: F401  (out-variants of quantize/dequantize for to_executorch)
+import pytest
+import torch
+from executorch.backends.test.harness import Tester
+from executorch.backends.test.harness.stages import Quantize, Serialize, StageType, ToEdgeTransformAndLower
+from executorch.backends.test.suite import flow as suite_flow
+from executorch.backends.test.suite.flow import TestFlow
+
+TARGET = "imxrt700"
+FLOW_NAME = f"neutron_{TARGET}_int8"
+SUITE_DIR = Path(suite_flow.__file__).parent
+CALIBRATION_BATCHES = 4
+RESULTS_ENV = "NEUTRON_SUITE_RESULTS"
+TIMEOUT_ENV = "NEUTRON_SUITE_TIMEOUT"
+DEFAULT_TIMEOUT_S = 300
+# One output quantization step on top of the suite's tolerances: the per-op bound of DESIGN.md §7.
+QUANTIZED_STEPS = 1
+
+
+class NeutronQuantize(Quantize):
+    """Export (non-strict, as users export), NeutronQuantizer, calibrate on the example inputs and seeded random
+    batches drawn like the suite's test inputs, convert."""
+
+    def __init__(self) -> None:
+        from neutron_backend.quantizer import NeutronQuantizer
+
+        super().__init__(quantizer=NeutronQuantizer(TARGET))
+
+    def run(self, artifact: torch.nn.Module, inputs: tuple[Any, ...] | None) -> None:
+        from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+        from neutron_backend.quantizer.calibration import calibrate, random_batches
+
+        assert inputs is not None
+        prepared = prepare_pt2e(torch.export.export(artifact, tuple(inputs)).module(), self.quantizer)
+        batches = [tuple(inputs), *random_batches(tuple(inputs), CALIBRATION_BATCHES, seed=0)]
+        calibrate(prepared, batches, progress=False)
+        self.converted_graph = convert_pt2e(prepared)
+
+
+class NeutronLower(ToEdgeTransformAndLower):
+    """to_edge_transform_and_lower with NeutronPartitioner for TARGET."""
+
+    def __init__(self) -> None:
+        from neutron_backend.compile_spec import generate_neutron_compile_spec
+        from neutron_backend.partitioner import NeutronPartitioner
+
+        super().__init__(partitioners=None)
+        self.partitioners = [NeutronPartitioner(generate_neutron_compile_spec(TARGET))]
+
+
+class NeutronTester(Tester):
+    """The suite's Tester with Neutron's stages; the host runtime is registered so the .pte runs here."""
+
+    def __init__(self, module: torch.nn.Module, example_inputs: tuple[Any, ...],
+                 dynamic_shapes: tuple[Any, ...] | None = None) -> None:
+        from neutron_backend.runtime import register
+
+        register()
+        stages = Tester.default_stage_classes() | {
+            StageType.QUANTIZE: NeutronQuantize,
+            StageType.TO_EDGE_TRANSFORM_AND_LOWER: NeutronLower,
+            StageType.SERIALIZE: Serialize,
+        }
+        super().__init__(module, example_inputs, stages, dynamic_shapes)
+
+    def run_method_and_compare_outputs(self, *args: Any, **kwargs: Any) -> NeutronTester:
+        kwargs["qtol"] = QUANTIZED_STEPS
+        return super().run_method_and_compare_outputs(*args, **kwargs)
+
+
+NEUTRON_FLOW = TestFlow(
+    name=FLOW_NAME,
+    backend="neutron",
+    tester_factory=NeutronTester,
+    quantize=True,
+    quantize_stage_factory=NeutronQuantize,
+    supports_serialize=True,
+)
+
+
+# -- the pytest plugin ----------------------------------------------------------------------------------------
+
+# The suite's conftest parametrizes its `test_runner` fixture over all_flows() when it is imported; plugins load
+# before conftests, so this makes our flow the only one.
+suite_flow.all_flows = lambda: {NEUTRON_FLOW.name: NEUTRON_FLOW}
+
+
+class CaseTimeout(Exception):
+    """A suite case ran longer than $NEUTRON_SUITE_TIMEOUT seconds."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise CaseTimeout(f"the case ran longer than {os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)} s")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item):
+    previous = signal.signal(signal.SIGALRM, _on_alarm)
+    signal.alarm(int(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S)))
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _subtests(item: pytest.Item) -> list[dict[str, Any]]:
+    runner = getattr(item, "funcargs", {}).get("test_runner")
+    found = []
+    for summary in getattr(runner, "_results", []):
+        found.append({
+            "result": summary.result.name,
+            "error": "" if summary.error is None else f"{type(summary.error).__name__}: {summary.error}"[:2000],
+            "error_max": [round(float(s.error_max), 6) for s in summary.tensor_error_statistics],
+        })
+    return found
+
+
+def classify(outcome: str, subtests: list[dict[str, Any]]) -> str:
+    """One of: delegated, undelegated, skipped, failed (a case with several subtests counts as its worst)."""
+    if outcome == "skipped":
+        return "skipped"
+    if outcome != "passed":
+        return "failed"
+    return "delegated" if any(s["result"] == "SUCCESS" for s in subtests) else "undelegated"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    path = os.environ.get(RESULTS_ENV)
+    if not path or not (report.when == "call" or (report.when == "setup" and report.outcome != "passed")):
+        return
+    subtests = _subtests(item)
+    error = ""
+    if report.outcome == "skipped" and isinstance(report.longrepr, tuple):
+        error = str(report.longrepr[2])[:2000]
+    elif report.outcome == "failed":
+        error = str(call.excinfo.value)[:2000] if call.excinfo is not None else str(report.longrepr)[:2000]
+    record = {"case": item.nodeid.split("::")[-1], "file": Path(str(item.path)).name, "outcome": report.outcome,
+              "status": classify(report.outcome, subtests), "subtests": subtests, "error": error,
+              "seconds": round(report.duration, 3), "time": time.time()}
+    with open(path, "a", encoding="utf-8") as results:
+        results.write(json.dumps(record) + "\n")
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The records a run wrote to `path`, one per case."""
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
