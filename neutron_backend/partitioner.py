@@ -135,8 +135,9 @@ class NeutronPartitioner(Partitioner):
 
         `preserve_ops` are kept whole everywhere. Registered operators that ExecuTorch would decompose but Neutron
         runs whole (hardswish, prelu, ...: `kept_whole_operators()`) are kept whole only where this partitioner
-        will delegate them: quantized clusters whose verdict is positive. Float or rejected instances still
-        decompose into operators the CPU runs (ExecuTorch's portable kernels lack most of them whole).
+        will delegate them: quantized clusters with a positive verdict in a partition the partition-level rules
+        accept. Float or rejected instances still decompose into operators the CPU runs (ExecuTorch's portable
+        kernels lack most of them whole), with a warning naming the reason for a quantized one.
         """
         self._remember_constants(ep)
         kept_whole = kept_whole_operators()
@@ -147,7 +148,7 @@ class NeutronPartitioner(Partitioner):
         from executorch.exir.dialects.edge._ops import EdgeOpOverload
 
         user_keys = {ops.schema_key(op) for op in self.preserve_ops}
-        checked: dict[str, tuple[ClusterIndex, _Context]] = {}
+        delegated: list[set[Node]] = []  # computed on first use: most nodes are not kept-whole candidates
 
         def keep_whole(node: Node) -> bool:
             key = ops.schema_key(node.target) if node.op == "call_function" else None
@@ -159,21 +160,32 @@ class NeutronPartitioner(Partitioner):
                 # After lowering, ExecuTorch asks again to find kept-whole nodes left undelegated: one still here
                 # has no CPU kernel, so it must be reported.
                 return True
-            if "index" not in checked:  # built on first use: most nodes are not kept-whole candidates
-                index = ClusterIndex(ep, ops.is_fusable, self.post_quantization_state_dict)
-                checked["index"] = (index, _Context(index, FormatMap(ep.graph), self.compile_options,
-                                                    self.delegation_options))
-            index, ctx = checked["index"]
-            cluster = index.cluster_of.get(node)
-            if cluster is None or cluster.head is not node:
-                return False
-            verdict = self._cluster_verdict(cluster, ctx)
-            if not verdict and cluster.problem is None:  # quantized, yet not delegable: say why it runs decomposed
-                logger.warning("Neutron: %s '%s' is decomposed for the CPU: %s", target_name(node), node.name,
-                               verdict.reason)
-            return verdict.ok
+            if not delegated:
+                delegated.append(self._delegated_heads(ep, kept_whole.keys()))
+            return node in delegated[0]
 
         return [*self.preserve_ops, *(op for key, op in kept_whole.items() if key in present)], keep_whole
+
+    def _delegated_heads(self, ep: ExportedProgram, kept_whole: Any) -> set[Node]:
+        """The cluster heads of the (ATen) program `ep` that this partitioner would delegate: verdicts, then the
+        partition-level rules (no-op partitions, min_compute_ops_per_partition).
+
+        The ATen program has not met to_edge's passes yet (its views are not yet view_copy, which has a rule), so
+        its partitions can only be smaller than the edge program's: a kept-whole node is never kept whole where the
+        edge partitions would reject it. Warns for each quantized kept-whole node left to decompose.
+        """
+        index = ClusterIndex(ep, ops.is_fusable, self.post_quantization_state_dict)
+        ctx = _Context(index, FormatMap(ep.graph), self.compile_options, self.delegation_options)
+        verdicts = {id(cluster): self._cluster_verdict(cluster, ctx) for cluster in index.clusters}
+        partitions = self._partition_with_rules(ep, index, verdicts)
+        heads = {node for partition in partitions for node in partition.nodes
+                 if node in index.cluster_of and index.cluster_of[node].head is node}
+        for cluster in index.clusters:
+            head = cluster.head
+            if cluster.problem is None and head not in heads and ops.schema_key(head.target) in kept_whole:
+                logger.warning("Neutron: %s '%s' is decomposed for the CPU: %s", target_name(head), head.name,
+                               verdicts[id(cluster)].reason)
+        return heads
 
     def _remember_constants(self, ep: ExportedProgram) -> None:
         for key, value in [*ep.state_dict.items(), *ep.constants.items()]:

@@ -26,6 +26,7 @@ from numerics import Conv, Fn, Linear, check_case, sample_inputs
 from torch import nn
 
 from neutron_backend.compile_spec import generate_neutron_compile_spec
+from neutron_backend.delegation_options import CustomDelegationOptions
 from neutron_backend.partitioner import NeutronPartitioner, kept_whole_operators
 from neutron_backend.quantizer import NeutronQuantizer
 from neutron_backend.quantizer.calibration import calibrate, quantize_model, random_batches
@@ -434,8 +435,8 @@ def test_kept_whole_operators_come_from_the_registry() -> None:
     assert ("aten::max_pool2d", "default") not in kept
 
 
-def _partitioner(**spec) -> NeutronPartitioner:
-    return NeutronPartitioner(generate_neutron_compile_spec("imxrt700", **spec))
+def _partitioner(options: CustomDelegationOptions | None = None, **spec) -> NeutronPartitioner:
+    return NeutronPartitioner(generate_neutron_compile_spec("imxrt700", **spec), options)
 
 
 def test_programs_without_kept_whole_operators_get_no_filter() -> None:
@@ -474,14 +475,15 @@ def test_filter_keeps_quantized_instances_and_user_preserve_ops_whole() -> None:
     assert keep_whole(linear)
 
 
-def _lower_and_run(model: nn.Module, inputs: tuple[torch.Tensor, ...], tmp_path: Path, **spec):
+def _lower_and_run(model: nn.Module, inputs: tuple[torch.Tensor, ...], tmp_path: Path,
+                   options: CustomDelegationOptions | None = None, **spec):
     """(partitioner, edge program, .pte outputs per sample, samples) of `model` lowered for imxrt700."""
     import executorch.kernels.quantized  # noqa: F401  (out-variants of quantize/dequantize)
     from executorch.exir import to_edge_transform_and_lower
 
     from neutron_backend.runtime import load_pte
 
-    partitioner = _partitioner(**spec)
+    partitioner = _partitioner(options, **spec)
     edge = to_edge_transform_and_lower(torch.export.export(model, inputs), partitioner=[partitioner])
     program = edge.exported_program()
     pte = tmp_path / "model.pte"
@@ -511,19 +513,22 @@ def _max_steps(got: torch.Tensor, want: torch.Tensor, quantized: torch.fx.GraphM
     return float(((got - want).abs() / scale).max())
 
 
-@pytest.mark.parametrize(("model", "shape", "spec", "op", "warning"), [
-    (nn.Hardswish(), FEATURE_MAP, {"operators_not_to_delegate": ["aten::hardswish"]}, "aten.hardswish.default",
+@pytest.mark.parametrize(("model", "options", "spec", "op", "warning"), [
+    (nn.Hardswish(), None, {"operators_not_to_delegate": ["aten::hardswish"]}, "aten.hardswish.default",
      "excluded by operators_not_to_delegate ('aten::hardswish')"),
-    (nn.PReLU(8), FEATURE_MAP, {}, "aten.prelu.default", _not_channels_first(4, [1, 8, 6, 6])),
-], ids=["excluded-hardswish", "formatless-prelu"])
-def test_rejected_quantized_operator_decomposes_for_the_cpu(model, shape, spec, op, warning, tmp_path, caplog):
+    (nn.PReLU(8), None, {}, "aten.prelu.default", _not_channels_first(4, [1, 8, 6, 6])),
+    # A partition-level rule: the lone silu's partition is too small.
+    (nn.SiLU(), CustomDelegationOptions(min_compute_ops_per_partition=2), {}, "aten.silu.default",
+     "its partition has 1 compute operator(s), fewer than min_compute_ops_per_partition=2"),
+], ids=["excluded-hardswish", "formatless-prelu", "partition-too-small"])
+def test_rejected_quantized_operator_decomposes_for_the_cpu(model, options, spec, op, warning, tmp_path, caplog):
     """Kept whole it would have no CPU kernel: it decomposes, computes the same int8 result on the CPU, and the
     partitioner says why."""
-    inputs = _inputs(shape)
+    inputs = _inputs(FEATURE_MAP)
     torch.manual_seed(0)
     quantized = quantize_model(model.eval(), inputs, calibration_batches=random_batches(inputs, 3), progress=False)
     with caplog.at_level(logging.WARNING, logger="neutron_backend.partitioner"):
-        partitioner, program, outputs, samples = _lower_and_run(quantized, inputs, tmp_path, **spec)
+        partitioner, program, outputs, samples = _lower_and_run(quantized, inputs, tmp_path, options, **spec)
     assert op not in _targets(program)
     assert partitioner.report.num_partitions == 0
     messages = [r.getMessage() for r in caplog.records if r.name == "neutron_backend.partitioner"]
