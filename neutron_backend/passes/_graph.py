@@ -3,7 +3,8 @@ and the lift of a 1D operator to its 2D form."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -54,18 +55,27 @@ def set_value(node: Node) -> None:
         node.meta["val"] = node.target(*args, **kwargs)
 
 
-def constant(graph_module: GraphModule, get_attr: Node, transform: Callable[[torch.Tensor], torch.Tensor]) -> Node:
+def constant_value(graph_module: GraphModule, node: object) -> torch.Tensor | None:
+    """The tensor behind a get_attr node (a parameter, buffer or constant), else None."""
+    if not isinstance(node, Node) or node.op != "get_attr":
+        return None
+    owner, attribute = _owner(graph_module, str(node.target))
+    return getattr(owner, attribute)
+
+
+def constant(graph_module: GraphModule, get_attr: Node, transform: Callable[[torch.Tensor], torch.Tensor],
+             readers: Mapping[str, int]) -> Node:
     """A get_attr node holding `transform` of the constant behind `get_attr`, so the result stays a constant
     (a weight the quantizer observes and folds) rather than a computation on it.
 
-    The attribute is replaced in place when `get_attr` is its only reader; otherwise a new one is added.
+    `readers` counts the get_attr nodes per attribute. The attribute is replaced in place when `get_attr` is its
+    only reader and has no other user; otherwise a new one is added.
     """
-    original = _attribute(graph_module, str(get_attr.target))
+    original = constant_value(graph_module, get_attr)
     tensor = transform(original.detach())
     if isinstance(original, torch.nn.Parameter):
         tensor = torch.nn.Parameter(tensor, requires_grad=original.requires_grad)
-    readers = [n for n in graph_module.graph.nodes if n.op == "get_attr" and n.target == get_attr.target]
-    if readers == [get_attr] and len(get_attr.users) == 1:
+    if readers.get(str(get_attr.target)) == 1 and len(get_attr.users) == 1:
         _assign(graph_module, str(get_attr.target), tensor)
         node = get_attr
     else:
@@ -74,6 +84,11 @@ def constant(graph_module: GraphModule, get_attr: Node, transform: Callable[[tor
         node = graph_module.graph.get_attr(name)
     node.meta["val"] = detect_fake_mode([value(get_attr)]).from_tensor(tensor, static_shapes=True)
     return node
+
+
+def attribute_readers(graph_module: GraphModule) -> dict[str, int]:
+    """How many get_attr nodes read each attribute (for `constant`)."""
+    return Counter(str(node.target) for node in graph_module.graph.nodes if node.op == "get_attr")
 
 
 def new_constant(graph_module: GraphModule, base: str, tensor: torch.Tensor, like: Node) -> Node:
@@ -88,11 +103,6 @@ def new_constant(graph_module: GraphModule, base: str, tensor: torch.Tensor, lik
 def _owner(graph_module: GraphModule, qualified_name: str) -> tuple[torch.nn.Module, str]:
     owner_name, _, attribute = qualified_name.rpartition(".")
     return (graph_module.get_submodule(owner_name) if owner_name else graph_module), attribute
-
-
-def _attribute(graph_module: GraphModule, qualified_name: str) -> torch.Tensor:
-    owner, attribute = _owner(graph_module, qualified_name)
-    return getattr(owner, attribute)
 
 
 def _assign(graph_module: GraphModule, qualified_name: str, tensor: torch.Tensor) -> None:
@@ -157,9 +167,6 @@ def lift_to_2d(graph_module: GraphModule, node: Node, target: Any, args_2d: Call
     return back
 
 
-def int_list(values: Sequence[int] | int, length: int) -> list[int]:
-    """An int-or-list operator parameter as a list of `length` ints."""
-    if isinstance(values, int):
-        return [values] * length
-    values = list(values)
-    return values * length if len(values) == 1 else values
+def single_int(value: Sequence[int] | int) -> int:
+    """A 1D operator's int-or-list parameter (kernel, stride, padding...) as an int."""
+    return value if isinstance(value, int) else int(value[0])

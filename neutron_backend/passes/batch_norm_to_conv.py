@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule, Node
 
-from neutron_backend.passes._graph import call, lift_to_2d, new_constant, static_shape
+from neutron_backend.passes._graph import call, constant_value, lift_to_2d, new_constant, static_shape
 
 ORDER = 20
 
@@ -30,11 +30,8 @@ _FOLDED_INTO = {
 
 
 def _tensor(graph_module: GraphModule, node: object) -> torch.Tensor | None:
-    if not isinstance(node, Node) or node.op != "get_attr":
-        return None
-    owner_name, _, attribute = str(node.target).rpartition(".")
-    owner = graph_module.get_submodule(owner_name) if owner_name else graph_module
-    return getattr(owner, attribute).detach()
+    value = constant_value(graph_module, node)
+    return None if value is None else value.detach()
 
 
 def _scale_and_shift(graph_module: GraphModule, node: Node) -> tuple[torch.Tensor, torch.Tensor] | None:

@@ -18,7 +18,8 @@ import logging
 import torch
 from torch.fx import GraphModule, Node
 
-from neutron_backend.passes._graph import constant, int_list, lift_to_2d, static_shape
+from neutron_backend.ops.base import arg
+from neutron_backend.passes._graph import attribute_readers, constant, lift_to_2d, single_int, static_shape
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +28,6 @@ ORDER = 20
 aten = torch.ops.aten
 _BATCH_NORMS = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default,
                 aten._native_batch_norm_legit.default}
-
-
-def _arg(node: Node, index: int, name: str, default):
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
 
 
 def _rewritable(node: Node) -> bool:
@@ -45,27 +40,27 @@ def _rewritable(node: Node) -> bool:
     return not any(user.target in _BATCH_NORMS for user in node.users)
 
 
-def _rewrite_conv(graph_module: GraphModule, node: Node) -> None:
-    weight, bias = node.args[1], _arg(node, 2, "bias", None)
-    stride = int_list(_arg(node, 3, "stride", 1), 1)[0]
-    padding = int_list(_arg(node, 4, "padding", 0), 1)[0]
-    dilation = int_list(_arg(node, 5, "dilation", 1), 1)[0]
-    groups = _arg(node, 6, "groups", 1)
+def _rewrite_conv(graph_module: GraphModule, node: Node, readers: dict[str, int]) -> None:
+    weight, bias = node.args[1], arg(node, 2, "bias", None)
+    stride = single_int(arg(node, 3, "stride", 1))
+    padding = single_int(arg(node, 4, "padding", 0))
+    dilation = single_int(arg(node, 5, "dilation", 1))
+    groups = arg(node, 6, "groups", 1)
     with graph_module.graph.inserting_before(node):
-        weight_4d = constant(graph_module, weight, lambda w: w.unsqueeze(2))
+        weight_4d = constant(graph_module, weight, lambda w: w.unsqueeze(2), readers)
     lift_to_2d(graph_module, node, aten.conv2d.default,
                lambda x_4d: (x_4d, weight_4d, bias, [1, stride], [0, padding], [1, dilation], groups))
 
 
-def _rewrite_conv_transpose(graph_module: GraphModule, node: Node) -> None:
-    weight, bias = node.args[1], _arg(node, 2, "bias", None)
-    stride = int_list(_arg(node, 3, "stride", 1), 1)[0]
-    padding = int_list(_arg(node, 4, "padding", 0), 1)[0]
-    output_padding = int_list(_arg(node, 5, "output_padding", 0), 1)[0]
-    groups = _arg(node, 6, "groups", 1)
-    dilation = int_list(_arg(node, 7, "dilation", 1), 1)[0]
+def _rewrite_conv_transpose(graph_module: GraphModule, node: Node, readers: dict[str, int]) -> None:
+    weight, bias = node.args[1], arg(node, 2, "bias", None)
+    stride = single_int(arg(node, 3, "stride", 1))
+    padding = single_int(arg(node, 4, "padding", 0))
+    output_padding = single_int(arg(node, 5, "output_padding", 0))
+    groups = arg(node, 6, "groups", 1)
+    dilation = single_int(arg(node, 7, "dilation", 1))
     with graph_module.graph.inserting_before(node):
-        weight_4d = constant(graph_module, weight, lambda w: w.unsqueeze(2))
+        weight_4d = constant(graph_module, weight, lambda w: w.unsqueeze(2), readers)
     lift_to_2d(graph_module, node, aten.conv_transpose2d.input,
                lambda x_4d: (x_4d, weight_4d, bias, [1, stride], [0, padding], [0, output_padding], groups,
                              [1, dilation]))
@@ -77,6 +72,7 @@ _REWRITES = {aten.conv1d.default: _rewrite_conv, aten.conv_transpose1d.default: 
 def run(graph_module: GraphModule) -> int:
     """Rewrites every eligible 1D (transposed) convolution as a 2D one; returns how many."""
     count = 0
+    readers = attribute_readers(graph_module)
     for node in list(graph_module.graph.nodes):
         rewrite = _REWRITES.get(node.target) if node.op == "call_function" else None
         if rewrite is None:
@@ -85,6 +81,6 @@ def run(graph_module: GraphModule) -> int:
             logger.debug("%s left 1D (computed weight, feeds a batchnorm, or not a static [N, C, L] input)",
                          node.name)
             continue
-        rewrite(graph_module, node)
+        rewrite(graph_module, node, readers)
         count += 1
     return count

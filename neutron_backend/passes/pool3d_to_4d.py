@@ -10,42 +10,37 @@ from __future__ import annotations
 import torch
 from torch.fx import GraphModule, Node
 
-from neutron_backend.passes._graph import int_list, lift_to_2d, static_shape
+from neutron_backend.ops.base import arg
+from neutron_backend.passes._graph import lift_to_2d, single_int, static_shape
 
 ORDER = 20
 
 aten = torch.ops.aten
 
 
-def _arg(node: Node, index: int, name: str, default):
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
 def _window(node: Node) -> tuple[list[int], list[int], list[int]]:
     """(kernel, stride, padding) as 2D lists; an empty stride keeps its meaning (= kernel)."""
-    kernel = int_list(node.args[1], 1)[0]
-    stride = _arg(node, 2, "stride", [])
-    stride_2d = [1, int_list(stride, 1)[0]] if stride not in ([], ()) else []
-    padding = int_list(_arg(node, 3, "padding", 0), 1)[0]
+    kernel = single_int(node.args[1])
+    stride = arg(node, 2, "stride", [])
+    stride_2d = [1, single_int(stride)] if stride not in ([], ()) else []
+    padding = single_int(arg(node, 3, "padding", 0))
     return [1, kernel], stride_2d, [0, padding]
 
 
 def _max_pool_args(node: Node, x_4d: Node) -> tuple:
     kernel, stride, padding = _window(node)
-    dilation = int_list(_arg(node, 4, "dilation", 1), 1)[0]
-    return (x_4d, kernel, stride, padding, [1, dilation], _arg(node, 5, "ceil_mode", False))
+    dilation = single_int(arg(node, 4, "dilation", 1))
+    return (x_4d, kernel, stride, padding, [1, dilation], arg(node, 5, "ceil_mode", False))
 
 
 def _avg_pool_args(node: Node, x_4d: Node) -> tuple:
     kernel, stride, padding = _window(node)
-    return (x_4d, kernel, stride, padding, _arg(node, 4, "ceil_mode", False),
-            _arg(node, 5, "count_include_pad", True), None)
+    return (x_4d, kernel, stride, padding, arg(node, 4, "ceil_mode", False),
+            arg(node, 5, "count_include_pad", True), None)
 
 
 def _adaptive_avg_pool_args(node: Node, x_4d: Node) -> tuple:
-    return (x_4d, [1, int_list(node.args[1], 1)[0]])
+    return (x_4d, [1, single_int(node.args[1])])
 
 
 _REWRITES = {
