@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.quantizer import Quantizer
 from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
@@ -26,6 +27,70 @@ def _normalize_module_path(path: str) -> str:
     # Older capture APIs prefix paths with "L['self'].".
     prefix = "L['self']."
     return path[len(prefix) :] if path.startswith(prefix) else path
+
+
+_CONVOLUTIONS = frozenset({
+    torch.ops.aten.conv1d.default,
+    torch.ops.aten.conv2d.default,
+})
+_TRANSPOSED_CONVOLUTIONS = frozenset({
+    torch.ops.aten.conv_transpose1d.default,
+    torch.ops.aten.conv_transpose2d.input,
+})
+# Argument position of `groups` in aten.conv_transpose{1,2}d(input, weight, bias, stride, padding,
+# output_padding, groups, dilation).
+_TRANSPOSED_GROUPS_ARG = 6
+
+
+def _conv_bias(conv: Node) -> object:
+    return conv.args[2] if len(conv.args) > 2 else conv.kwargs.get("bias")
+
+
+def _conv_out_channels(conv: Node) -> int:
+    weight_shape = conv.args[1].meta["val"].shape
+    if conv.target in _CONVOLUTIONS:
+        return int(weight_shape[0])
+    groups = conv.args[_TRANSPOSED_GROUPS_ARG] if len(conv.args) > _TRANSPOSED_GROUPS_ARG else conv.kwargs.get(
+        "groups", 1)
+    return int(weight_shape[1]) * int(groups)
+
+
+def add_zero_bias_before_batch_norm(model: GraphModule) -> int:
+    """Gives every biasless convolution that feeds a batchnorm a zero float32 bias, in place.
+
+    prepare_qat_pt2e fuses conv+batchnorm after annotation and convert_pt2e folds the batchnorm's shift into the
+    conv's bias. A conv annotated without a bias gets that bias as an unquantized float constant, which the NPU
+    cannot run; with a zero bias present at annotation time, the folded bias is quantized to int32 (s_in * s_w)
+    like any other. Returns the number of convolutions given a bias.
+    """
+    added = 0
+    for node in list(model.graph.nodes):
+        if node.op != "call_function" or node.target not in _CONVOLUTIONS | _TRANSPOSED_CONVOLUTIONS:
+            continue
+        users = list(node.users)
+        if _conv_bias(node) is not None or len(users) != 1 or users[0].target != torch.ops.aten.batch_norm.default:
+            continue
+        weight = node.args[1]
+        if not isinstance(weight, Node) or "val" not in weight.meta:
+            continue
+        name = f"_neutron_zero_bias_{added}"
+        while hasattr(model, name):
+            name = f"_{name}"
+        bias_value = torch.zeros(_conv_out_channels(node), dtype=weight.meta["val"].dtype)
+        # A parameter, as convert_pt2e re-registers the folded bias under this name as one.
+        model.register_parameter(name, torch.nn.Parameter(bias_value))
+        with model.graph.inserting_before(node):
+            bias = model.graph.get_attr(name)
+        bias.meta["val"] = weight.meta["val"].new_zeros(bias_value.shape)
+        if len(node.args) > 2:
+            node.update_arg(2, bias)
+        else:
+            node.kwargs = {k: v for k, v in node.kwargs.items() if k != "bias"}
+            node.args = (*node.args[:2], bias, *node.args[3:])
+        added += 1
+    if added:
+        model.recompile()
+    return added
 
 
 def _type_name(module_type: type | str) -> str:
@@ -97,10 +162,12 @@ class NeutronQuantizer(Quantizer):
 
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
         """Runs the rewrites of `neutron_backend.passes` (called by prepare_pt2e/prepare_qat_pt2e before
-        annotation). Returns `model`, rewritten in place."""
+        annotation) and, for QAT, `add_zero_bias_before_batch_norm`. Returns `model`, rewritten in place."""
         from neutron_backend.passes import run_all
 
         run_all(model)
+        if self.is_qat:
+            add_zero_bias_before_batch_norm(model)
         return model
 
     def annotate(self, model: GraphModule) -> GraphModule:
