@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -363,6 +364,63 @@ def test_activation_with_other_config_is_not_fused() -> None:
     _output_q(conv)
     relu = _only(gm, aten.relu.default)
     assert relu.meta[EXCLUDED_META_KEY] == "set_module_name('act', None)"
+
+
+def test_set_node_name_beats_module_settings_and_warns_on_unknown_names(caplog: pytest.LogCaptureFixture) -> None:
+    default = NeutronQuantizer("imxrt700").global_config
+    quantizer = (NeutronQuantizer("imxrt700").set_module_type(nn.Linear, None).set_node_name("linear_1", default)
+                 .set_node_name("lineer_1", None))
+    with caplog.at_level(logging.WARNING, logger="neutron_backend.quantizer.quantizer"):
+        gm = _quantize(TwoLinears(), (torch.randn(2, 8),), quantizer)
+    body, fc = _nodes(gm, aten.linear.default)
+    assert body.args[1].op == "get_attr" and body.meta[EXCLUDED_META_KEY] == "set_module_type(Linear, None)"
+    _input_dq(fc, 1)
+    _output_q(fc)
+    assert EXCLUDED_META_KEY not in fc.meta
+    assert "set_node_name('lineer_1', ...) matches no node of the graph; close names: ['linear_1'" in caplog.text
+
+    gm = _quantize(TwoLinears(), (torch.randn(2, 8),), NeutronQuantizer("imxrt700").set_node_name("linear", None))
+    body, fc = _nodes(gm, aten.linear.default)
+    assert body.meta[EXCLUDED_META_KEY] == "set_node_name('linear', None)"
+    _input_dq(fc, 1)
+
+
+@pytest.mark.parametrize(
+    ("quantizer", "setting"),
+    [
+        (NeutronQuantizer("imxrt700").set_module_name("fc", None), "set_module_name('fc', None)"),
+        (NeutronQuantizer("imxrt700").set_node_name("linear_1", None), "set_node_name('linear_1', None)"),
+    ],
+    ids=["module_name", "node_name"],
+)
+def test_float_part_stays_on_cpu_with_quantizer_reason_and_runs(
+    quantizer: NeutronQuantizer, setting: str, tmp_path: Path
+) -> None:
+    import executorch.kernels.quantized  # noqa: F401  (out-variants of quantize/dequantize for to_executorch)
+    from executorch.exir import to_edge_transform_and_lower
+
+    from neutron_backend.compile_spec import generate_neutron_compile_spec
+    from neutron_backend.partitioner import NeutronPartitioner
+    from neutron_backend.runtime import load_pte
+
+    model, inputs = TwoLinears(), (torch.randn(2, 8),)
+    gm = _quantize(model, inputs, quantizer)
+    partitioner = NeutronPartitioner(generate_neutron_compile_spec("imxrt700"))
+    edge = to_edge_transform_and_lower(torch.export.export(gm, inputs), partitioner=[partitioner])
+    report = partitioner.report
+    body, fc = [entry for entry in report.nodes if entry.target == "aten.addmm.default"]
+    assert body.delegated and report.num_partitions == 1
+    assert not fc.delegated
+    assert fc.reason == f"left in float by the quantizer configuration ({setting})"
+
+    pte = tmp_path / "two_linears.pte"
+    pte.write_bytes(edge.to_executorch().buffer)
+    (got,) = load_pte(pte)(*inputs)
+    # The NPU's relu output may differ from the reference by one step s; the float fc maps that to at most
+    # s * (largest absolute row sum of its weight).
+    relu_scale = _per_tensor_qparams(_output_q(_only(gm, aten.relu.default)))[0]
+    bound = relu_scale * model.fc.weight.abs().sum(dim=1).max().item()
+    assert (got - gm(*inputs)).abs().max().item() <= bound * (1 + 1e-5)
 
 
 def test_unknown_target_rejected() -> None:

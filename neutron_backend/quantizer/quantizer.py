@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 
 import torch
@@ -109,10 +110,11 @@ class NeutronQuantizer(Quantizer):
     biases int32 with scale s_in * s_w, relu/relu6 fused into the preceding conv/linear. The supported ops and
     how each is annotated are the table `neutron_backend.quantizer.patterns.PATTERNS`.
 
-    Configuration precedence for a node: `set_module_name` (innermost matching module first), then
-    `set_module_type` (innermost first), then `set_global`. A None configuration leaves the node in float and
-    records why in `node.meta["neutron_quantizer_excluded"]` and, surviving re-export and `to_edge`,
-    `node.meta["custom"]["neutron_quantizer_excluded"]`.
+    Configuration precedence for a node: `set_node_name`, then `set_module_name` (innermost matching module
+    first), then `set_module_type` (innermost first), then `set_global`. A None configuration leaves the node in
+    float and records why in `node.meta["neutron_quantizer_excluded"]` and, surviving re-export and `to_edge`,
+    `node.meta["custom"]["neutron_quantizer_excluded"]`; the partitioner keeps such a node on the CPU with the
+    reason "left in float by the quantizer configuration (<setting>)".
     """
 
     def __init__(self, target: str, is_qat: bool = False) -> None:
@@ -122,6 +124,7 @@ class NeutronQuantizer(Quantizer):
         self.global_config: NeutronQuantizationConfig | None = get_neutron_quantization_config(is_qat)
         self.module_name_configs: dict[str, NeutronQuantizationConfig | None] = {}
         self.module_type_configs: dict[str, tuple[type, NeutronQuantizationConfig | None]] = {}
+        self.node_name_configs: dict[str, NeutronQuantizationConfig | None] = {}
 
     def set_global(self, config: NeutronQuantizationConfig | None) -> NeutronQuantizer:
         """Sets the configuration of nodes no module setting matches (None: float). Returns self."""
@@ -141,9 +144,19 @@ class NeutronQuantizer(Quantizer):
         self.module_name_configs[module_name] = config
         return self
 
+    def set_node_name(self, node_name: str, config: NeutronQuantizationConfig | None) -> NeutronQuantizer:
+        """Sets the configuration of one node of the exported graph, by name, e.g. "linear_1" (the names printed
+        by `torch.export.export(model, inputs).module().graph`), over any module setting (None: float). A name
+        that matches no node is reported as a warning during annotation. Returns self."""
+        self.node_name_configs[node_name] = config
+        return self
+
     def _resolve(self, node: Node) -> tuple[NeutronQuantizationConfig | None, str]:
         """Returns the configuration for `node` and the setting that chose it, e.g.
         "set_module_name('fc', None)"."""
+        if node.name in self.node_name_configs:
+            config = self.node_name_configs[node.name]
+            return config, f"set_node_name({node.name!r}, {'None' if config is None else '...'})"
         stack = list(node.meta.get("nn_module_stack", {}).values())
         for path, _ in reversed(stack):
             name = _normalize_module_path(path)
@@ -188,8 +201,16 @@ class NeutronQuantizer(Quantizer):
             elif kind.annotate(node, config, self._config_of):
                 counts["annotated"] += 1
         counts["settled"] = settle_input_specs(model, self._config_of)
+        self._warn_unmatched_node_names(model)
         logger.debug("NeutronQuantizer(%s): %s", self.target.name, counts)
         return model
+
+    def _warn_unmatched_node_names(self, model: GraphModule) -> None:
+        names = [node.name for node in model.graph.nodes]
+        for missing in sorted(set(self.node_name_configs) - set(names)):
+            close = difflib.get_close_matches(missing, names, n=3)
+            logger.warning("NeutronQuantizer.set_node_name(%r, ...) matches no node of the graph%s", missing,
+                           f"; close names: {close}" if close else "")
 
     def validate(self, model: GraphModule) -> None:
         """Raises ValueError if an annotation would quantize a tensor that is not float32 (indices, float64,
