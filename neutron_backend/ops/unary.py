@@ -49,7 +49,8 @@ def _fixed_output(function: str, scale: float, zero_point: int, scale_text: str)
     return check
 
 
-def _always(node: Node, ctx: CheckContext) -> Verdict:
+def _int8_only(node: Node, ctx: CheckContext) -> Verdict:
+    """No condition beyond int8 input and output, which the partitioner checks for every operator."""
     return SUPPORTED
 
 
@@ -187,22 +188,22 @@ OPERATORS = [
               _unary("LOGISTIC"), quantization="int8; output fixed at scale 1/256, zero point -128"),
     _operator("aten.tanh.default", _fixed_output("tanh", TANH_SCALE, TANH_ZERO_POINT, "1/128"), _unary("TANH"),
               quantization="int8; output fixed at scale 1/128, zero point 0"),
-    _operator("aten.hardswish.default", _always, _unary("HARD_SWISH"),
+    _operator("aten.hardswish.default", _int8_only, _unary("HARD_SWISH"),
               constraints=f"{_INT8}; kept whole through decomposition when quantized"),
-    _operator("aten.hardsigmoid.default", _always, _convert_hardsigmoid,
+    _operator("aten.hardsigmoid.default", _int8_only, _convert_hardsigmoid,
               constraints=f"{_INT8}; kept whole through decomposition when quantized; runs as ADD 3 with fused "
                           "RELU6, then an exact MUL by 1/6"),
-    _operator("aten.silu.default", _always, _convert_silu,
+    _operator("aten.silu.default", _int8_only, _convert_silu,
               constraints=f"{_INT8}; kept whole through decomposition when quantized; runs as LOGISTIC then MUL"),
-    _operator("aten.leaky_relu.default", _always, _unary("LEAKY_RELU", _leaky_relu_options),
+    _operator("aten.leaky_relu.default", _int8_only, _unary("LEAKY_RELU", _leaky_relu_options),
               constraints=f"{_INT8}; any negative slope"),
     _operator("aten.prelu.default", _check_prelu, _convert_prelu,
               constraints=(f"{_INT8}; constant slope, one or one per channel, quantized per tensor; rank > 2 needs "
                            "channels-first format; kept whole through decomposition when quantized"),
               quantization="int8 per-tensor activations; int8 symmetric per-tensor slope"),
-    _operator("aten.abs.default", _always, _unary("ABS")),
-    _operator("aten.neg.default", _always, _convert_neg, constraints=f"{_INT8}; runs as SUB from a zero constant"),
-    _operator("aten.exp.default", _always, _unary("EXP")),
+    _operator("aten.abs.default", _int8_only, _unary("ABS")),
+    _operator("aten.neg.default", _int8_only, _convert_neg, constraints=f"{_INT8}; runs as SUB from a zero constant"),
+    _operator("aten.exp.default", _int8_only, _unary("EXP")),
     _operator("aten.log.default", _non_negative_input("LOG"), _unary("LOG"),
               constraints=f"{_INT8}; input zero point -128 (non-negative input range)"),
     _operator("aten.rsqrt.default", _non_negative_input("RSQRT"), _unary("RSQRT"),
