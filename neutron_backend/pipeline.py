@@ -22,6 +22,7 @@ import torch
 from torch.fx import GraphModule
 
 from neutron_backend.delegation_options import CustomDelegationOptions
+from neutron_backend.int8_io import Int8IO, make_io_int8
 from neutron_backend.report import DelegationReport
 
 logger = logging.getLogger(__name__)
@@ -40,19 +41,23 @@ class CompiledModel:
     quantized: GraphModule
     edge_program: Any  # EdgeProgramManager before to_executorch (a deep copy), for the pure-Python emulator
     example_inputs: tuple[torch.Tensor, ...]
+    # With int8_io: the qparams the caller applies to the .pte's int8 inputs and outputs (neutron_backend.int8_io).
+    int8_io: Int8IO | None = None
 
 
 def compile_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], target: str = "imxrt700", *,
                   calibration_batches: Iterable[Sequence[torch.Tensor]] | None = None,
                   delegation_options: CustomDelegationOptions | None = None, progress: bool = True,
-                  **compile_spec_options: Any) -> CompiledModel:
+                  int8_io: bool = False, **compile_spec_options: Any) -> CompiledModel:
     """Quantizes `model` with NeutronQuantizer, partitions and lowers it for `target`, and returns the .pte.
 
     `compile_spec_options` are the keyword arguments of `generate_neutron_compile_spec` (flavor, extra_flags,
     operators_not_to_delegate, intermediates_dir, ...). Each step is logged at INFO with its duration;
     `progress` shows a calibration progress bar. With `intermediates_dir`, that directory also receives the
     quantized model (`quantized.pt2`, loadable with torch.export.load) and the report (`report.json`,
-    `report.html`), next to each partition's `.tflite`.
+    `report.html`), next to each partition's `.tflite`. With `int8_io`, the .pte takes its float inputs as int8
+    and returns int8 outputs: quantize and dequantize them with `CompiledModel.int8_io` (see
+    `neutron_backend.int8_io.make_io_int8`, which raises ValueError when an input or output has no int8 form).
     """
     import executorch.kernels.quantized  # noqa: F401 - registers the out-variants to_executorch needs
     from executorch.exir import to_edge_transform_and_lower
@@ -70,6 +75,9 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ..
         exported = torch.export.export(quantized, example_inputs)
         edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
         partitioner.report.add_lowering(edge)
+    io = None
+    if int8_io:
+        edge, io = make_io_int8(edge)
     with _step("serializing the .pte"):
         edge_copy = copy.deepcopy(edge)  # to_executorch() mutates the edge program in place
         pte = edge.to_executorch().buffer
@@ -77,7 +85,7 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ..
     if intermediates_dir is not None:
         _write_intermediates(Path(intermediates_dir), exported, partitioner.report)
     return CompiledModel(pte=pte, report=partitioner.report, quantized=quantized, edge_program=edge_copy,
-                         example_inputs=example_inputs)
+                         example_inputs=example_inputs, int8_io=io)
 
 
 @contextlib.contextmanager
