@@ -56,6 +56,10 @@ DECOMPOSITION_ALIASES: Mapping[str, tuple[str, ...]] = {
     "transpose": ("permute_copy",),
     "squeeze": ("squeeze_copy",),
     "unsqueeze": ("unsqueeze_copy",),
+    "slice": ("slice_copy",),
+    "narrow": ("slice_copy",),
+    "select": ("select_copy",),
+    "pad": ("constant_pad_nd", "reflection_pad1d", "reflection_pad2d"),
 }
 
 _DEFAULT_NAMESPACE = "aten"

@@ -8,19 +8,23 @@ here either copies elements (0 steps of error possible) or requantizes once (<= 
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import executorch.kernels.quantized  # noqa: F401  (out-variants of quantize/dequantize for to_executorch)
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import entry_for
-from executorch.exir import to_edge_transform_and_lower
+from conftest import entry_for, partition_edge, partition_model
+from executorch.exir import to_edge, to_edge_transform_and_lower
 from numerics import CALIBRATION_BATCHES, Fn, check_case, sample_inputs
 from torch import nn
+from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
 from neutron_backend.compile_spec import generate_neutron_compile_spec
+from neutron_backend.delegation_options import CustomDelegationOptions
 from neutron_backend.partitioner import NeutronPartitioner
+from neutron_backend.quantizer import NeutronQuantizer
 from neutron_backend.quantizer.calibration import quantize_model, random_batches
 from neutron_backend.runtime import load_pte
 from neutron_backend.verify import verify
@@ -219,3 +223,189 @@ def test_cat_after_a_cpu_conv_maps_its_dim_in_the_layout_it_picks(dim: int, tmp_
                                        operators_not_to_delegate=["aten::convolution"])
     assert entry_for(report, CAT).delegated and not entry_for(report, CONV).delegated, str(report)
     assert result.max_error_steps == 0.0, str(result)
+
+
+# -- verdicts: the no-op rule and each limit, on both sides, with its exact reason ----------------------------
+
+
+def _report(fn, *shapes: tuple[int, ...], **kwargs):
+    report, _ = partition_model(Fn(fn), tuple(torch.randn(shape) for shape in shapes), **kwargs)
+    return report
+
+
+def _assert_verdict(report, target: str, reason: str | None) -> None:
+    """`reason` None: the node is delegated; else it is on the CPU with exactly `reason`."""
+    entry = entry_for(report, target)
+    if reason is None:
+        assert entry.delegated and entry.reason == "", f"{entry.name}: {entry.reason}\n{report}"
+    else:
+        assert not entry.delegated, f"{entry.name} unexpectedly delegated\n{report}"
+        assert entry.reason == reason
+
+
+LONE_NO_OPS = {
+    SLICE: (lambda x: x[:, 1:3], (1, 4, 6, 6)),
+    SELECT: (lambda x: x[:, 1], (1, 4, 6, 6)),
+    SQUEEZE: (lambda x: x.squeeze(2), (1, 4, 1, 6)),
+    UNSQUEEZE: (lambda x: x.unsqueeze(0), (4, 6)),
+    PAD: (lambda x: F.pad(x, (1, 1), value=0.5), (1, 4, 6)),
+    SUM: (lambda x: x.sum(2, keepdim=True), (1, 4, 1, 6)),
+    AMAX: (lambda x: x.amax((0, 2)), (1, 4, 1, 6)),
+    AMIN: (lambda x: x.amin(-1), (1, 4, 6, 1)),
+    NEAREST: (lambda x: F.interpolate(x, scale_factor=1.0), (1, 4, 6, 6)),
+}
+
+
+@pytest.mark.parametrize("target", list(LONE_NO_OPS))
+def test_lone_no_op_is_not_delegated(target: str) -> None:
+    fn, shape = LONE_NO_OPS[target]
+    report = _report(fn, shape)
+    _assert_verdict(report, target, NO_OP_REASON.format(target))
+    assert report.num_partitions == 0
+    allowed = _report(fn, shape, delegation_options=CustomDelegationOptions(allow_no_op_partitions=True))
+    _assert_verdict(allowed, target, None)
+
+
+def test_lone_reflection_pad_runs_on_the_cpu(tmp_path: Path) -> None:
+    """Alone it is a no-op partition: not kept whole for Neutron, it runs on the CPU, exactly."""
+    report, result = _lower_and_verify(nn.ReflectionPad2d((1, 2, 0, 1)), ((1, 3, 6, 6),), tmp_path)
+    assert report.num_partitions == 0, str(report)
+    assert result.max_error_steps == 0.0, str(result)
+
+
+def test_slice_step():
+    report = _report(lambda x, y: (x + y)[..., ::2], FEATURE_MAP, FEATURE_MAP)
+    _assert_verdict(report, SLICE, "slice step 2 is not supported; only step 1 (contiguous slices)")
+    _assert_verdict(_report(lambda x, y: (x + y)[..., ::1], FEATURE_MAP, FEATURE_MAP), ADD, None)
+
+
+def test_empty_slice():
+    _assert_verdict(_report(lambda x, y: (x + y)[..., 3:3], FEATURE_MAP, FEATURE_MAP), SLICE,
+                    "'aten_slice_copy_tensor' has no elements (shape [1, 8, 6, 0]); there is nothing for Neutron to "
+                    "compute")
+
+
+NEGATIVE_PAD_REASON = "negative padding [-1, 2] (cropping) is not supported; slice the tensor instead"
+
+
+@pytest.mark.parametrize(("pad", "reason"), [((1, 0), None), ((-1, 2), NEGATIVE_PAD_REASON)])
+def test_constant_padding_sign(pad, reason):
+    _assert_verdict(_report(lambda x, y: F.pad(x + y, pad), (1, 4, 6), (1, 4, 6)), PAD, reason)
+
+
+def test_reflection_padding_sign(tmp_path: Path, caplog) -> None:
+    """A reflection pad is kept whole only where Neutron takes it; a rejected one is decomposed for the CPU, and
+    the warning says why."""
+    accepted, _ = _lower_and_verify(_add(lambda v: F.pad(v, (1, 0), mode="reflect")), ((1, 4, 6),) * 2, tmp_path)
+    _assert_verdict(accepted, REFLECT1D, None)
+    with caplog.at_level(logging.WARNING, logger="neutron_backend.partitioner"):
+        rejected, result = _lower_and_verify(_add(lambda v: F.pad(v, (-1, 2), mode="reflect")), ((1, 4, 6),) * 2,
+                                             tmp_path)
+    assert REFLECT1D not in {entry.target for entry in rejected.nodes}, str(rejected)
+    assert any(NEGATIVE_PAD_REASON in record.getMessage() and REFLECT1D in record.getMessage()
+               for record in caplog.records), caplog.text
+    assert result.max_error_steps <= 1.0, str(result)
+
+
+class _HandQuantizedPad(nn.Module):
+    """x -> int8 (0.01, 0) -> pad with `value` -> int8 (0.01, 0) -> amax: representable values [-1.28, 1.27]."""
+
+    def __init__(self, value: float) -> None:
+        super().__init__()
+        self.value = value
+
+    def forward(self, x):
+        qd = torch.ops.quantized_decomposed
+
+        def qdq(v):
+            return qd.dequantize_per_tensor(qd.quantize_per_tensor(v, 0.01, 0, -128, 127, torch.int8), 0.01, 0, -128,
+                                            127, torch.int8)
+
+        return qdq(qdq(F.pad(qdq(x), (1, 1), value=self.value)).amax(-1))
+
+
+@pytest.mark.parametrize(("value", "reason"), [
+    (1.27, None),
+    (-1.28, None),
+    (1.29, "pad value 1.29 is outside [-1.28, 1.27], the range representable with the input's qparams that the "
+           "padded output shares"),
+    (-1.3, "pad value -1.3 is outside [-1.28, 1.27], the range representable with the input's qparams that the "
+           "padded output shares"),
+])
+def test_pad_value_must_be_representable(value, reason):
+    """NeutronQuantizer's shared observer sees the pad value, so only hand-quantized graphs get here."""
+    x = torch.randn(1, 4, 6)
+    report = partition_edge(to_edge(torch.export.export(_HandQuantizedPad(value), (x,))).exported_program())
+    _assert_verdict(report, PAD, reason)
+
+
+SCALE_REASON = "scale {} along {} ({} -> {}, {}); Neutron resizes by 1, 2, 4, 8 per axis"
+
+
+@pytest.mark.parametrize(("target", "fn", "shape", "reason"), [
+    (NEAREST, lambda x: F.interpolate(x, scale_factor=8.0), (1, 2, 3, 3), None),
+    (NEAREST, lambda x: F.interpolate(x, scale_factor=(1.0, 4.0)), (1, 2, 3, 3), None),
+    (NEAREST, lambda x: F.interpolate(x, scale_factor=3.0), (1, 2, 3, 3),
+     SCALE_REASON.format(3, "H", 3, 9, "out / in")),
+    (NEAREST, lambda x: F.interpolate(x, size=(6, 48)), (1, 2, 3, 3), SCALE_REASON.format(16, "W", 3, 48, "out / in")),
+    (BILINEAR, lambda x: F.interpolate(x, size=(6, 5), mode="bilinear"), (1, 2, 3, 5), None),
+    (BILINEAR, lambda x: F.interpolate(x, size=(9, 10), mode="bilinear"), (1, 2, 6, 5),
+     SCALE_REASON.format(1.5, "H", 6, 9, "out / in")),
+    (BILINEAR, lambda x: F.interpolate(x, size=(15, 8), mode="bilinear", align_corners=True), (1, 2, 8, 8), None),
+    (BILINEAR, lambda x: F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=True), (1, 2, 8, 8),
+     SCALE_REASON.format("2.14286", "H", 8, 16, "(out - 1) / (in - 1) with align_corners")),
+    (BILINEAR, lambda x: F.interpolate(x, size=(2, 4), mode="bilinear", align_corners=True), (1, 2, 1, 2),
+     "align_corners=True with an input of size 1x2: a size-1 axis has no corners to align; use align_corners=False"),
+    # PyTorch samples with the given factor, not out / in: 2.2 on a 2-pixel axis gives 4 pixels placed unlike x2.
+    (NEAREST, lambda x: F.interpolate(x, scale_factor=2.2), (1, 2, 2, 2),
+     "scale_factor 2.2 along H does not equal output/input size 4/2; PyTorch then samples with step 1/2.2, which "
+     "the resize kernel cannot express: pass size= or recompute_scale_factor=True"),
+    (NEAREST, lambda x: F.interpolate(x, scale_factor=2.2, recompute_scale_factor=True), (1, 2, 2, 2), None),
+], ids=["nearest_x8", "nearest_x1_x4", "nearest_x3", "nearest_x16", "bilinear_x2_x1", "bilinear_x1.5",
+        "bilinear_align_corners_x2", "bilinear_align_corners_x2.14", "bilinear_align_corners_size1",
+        "scale_factor_unlike_sizes", "scale_factor_recomputed"])
+def test_resize_limits(target, fn, shape, reason):
+    _assert_verdict(_report(fn, shape), target, reason)
+
+
+def test_resize_with_a_dynamic_batch_stays_on_the_cpu():
+    from torch.export import Dim
+
+    batch = Dim("batch", min=2, max=4)
+    model = nn.Upsample(scale_factor=2.0).eval()
+    x = torch.randn(2, 4, 6, 6)
+    prepared = prepare_pt2e(torch.export.export(model, (x,), dynamic_shapes=({0: batch},)).module(),
+                            NeutronQuantizer("imxrt700"))
+    prepared(x)
+    quantized = convert_pt2e(prepared)
+    edge = to_edge(torch.export.export(quantized, (x,), dynamic_shapes=({0: batch},))).exported_program()
+    dequantize = next(n for n in edge.graph.nodes if n.op == "call_function" and "dequantize" in str(n.target))
+    shape = ", ".join(str(d) for d in dequantize.meta["val"].shape)
+    assert not shape.startswith("2"), shape  # the batch dim is a symbol
+    report = partition_edge(edge)
+    _assert_verdict(report, NEAREST, f"'{dequantize.name}' has a dynamic shape [{shape}]; Neutron runs static shapes "
+                                     "only (export this part of the model without dynamic_shapes)")
+
+
+@pytest.mark.parametrize(("dim", "shape", "reason"), [
+    (1, (1, 8, 6, 6), None),
+    (3, (1, 8, 6, 6), None),
+    (2, (1, 8, 6, 6), "softmax over dim 2 of a tensor of shape [1, 8, 6, 6]; Neutron computes softmax over the "
+                      "channel dim (1) or the last dim (3) only"),
+    (0, (2, 8, 6), "softmax over dim 0 of a tensor of shape [2, 8, 6]; Neutron computes softmax over the channel "
+                   "dim (1) or the last dim (2) only"),
+])
+def test_softmax_dims(dim, shape, reason):
+    _assert_verdict(_report(lambda x: torch.softmax(x, dim), shape), SOFTMAX, reason)
+
+
+@pytest.mark.parametrize(("name", "target", "fn", "shape"), [
+    ("aten::pad", PAD, lambda x, y: F.pad(x + y, (1, 1)), (1, 4, 6)),
+    ("aten::slice", SLICE, lambda x, y: (x + y)[:, 1:3], (1, 4, 6)),
+    ("aten::narrow", SLICE, lambda x, y: (x + y).narrow(1, 1, 2), (1, 4, 6)),
+    ("aten::select", SELECT, lambda x, y: (x + y)[:, 1], (1, 4, 6)),
+])
+def test_operators_not_to_delegate_by_the_name_the_user_wrote(name, target, fn, shape):
+    report = _report(fn, shape, shape, operators_not_to_delegate=[name])
+    _assert_verdict(report, target, f"excluded by operators_not_to_delegate ('{name}')")
+    _assert_verdict(report, ADD, None)

@@ -23,8 +23,6 @@ def _torch_paddings(node: Node) -> list[tuple[int, int]]:
 
 def _check_pad_list(node: Node, ctx: CheckContext) -> Verdict:
     pad = node.args[1]
-    if not all(isinstance(p, int) for p in pad):
-        return reject("padding sizes must be static integers")
     if any(p < 0 for p in pad):
         return reject(f"negative padding {list(pad)} (cropping) is not supported; slice the tensor instead")
     input_q, output_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
@@ -52,17 +50,6 @@ def _check_constant(node: Node, ctx: CheckContext) -> Verdict:
             high = (qparams.qmax - qparams.zero_point) * qparams.scale
             return reject(f"pad value {value:g} is outside [{low:.6g}, {high:.6g}], the range representable with the "
                           "input's qparams that the padded output shares")
-    return SUPPORTED
-
-
-def _check_reflection(node: Node, ctx: CheckContext) -> Verdict:
-    if not (verdict := _check_pad_list(node, ctx)):
-        return verdict
-    shape = shape_of(node.args[0])
-    for dim, (before, after) in enumerate(_torch_paddings(node)):
-        if max(before, after) >= shape[dim]:
-            return reject(f"reflection padding ({before}, {after}) of dim {dim} needs pads smaller than its size "
-                          f"{shape[dim]}")
     return SUPPORTED
 
 
@@ -103,11 +90,11 @@ _NO_OP = "alone in a partition it is a no-op and stays on the CPU"
 OPERATORS = [
     NeutronOperator(name="aten.constant_pad_nd.default", targets=(edge("aten.constant_pad_nd.default"),),
                     kind=OpKind.SHAPE,
-                    constraints=("static, non-negative pads; the pad value within the range of the input's qparams; "
+                    constraints=("non-negative pads; the pad value within the range of the input's qparams; "
                                  f"{_NO_OP}"),
                     check=_check_constant, convert=_convert_constant, quantization=_SHARED),
     *(NeutronOperator(name=f"aten.{name}.default", targets=(edge(f"aten.{name}.default"),), kind=OpKind.SHAPE,
-                      constraints=f"static, non-negative pads, each smaller than its dim; {_NO_OP}",
-                      check=_check_reflection, convert=_convert_reflection, quantization=_SHARED)
+                      constraints=f"non-negative pads (torch keeps each smaller than its dim); {_NO_OP}",
+                      check=_check_pad_list, convert=_convert_reflection, quantization=_SHARED)
       for name in ("reflection_pad1d", "reflection_pad2d")),
 ]

@@ -12,17 +12,19 @@ from __future__ import annotations
 
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    NeutronOperator,
+    OpKind,
+    Verdict,
+    arg,
+    reject,
+    shape_of,
+)
 from neutron_backend.ops.edge import edge
 
 SUPPORTED_SCALES = (1, 2, 4, 8)
-
-
-def _static_shape(node: Node) -> tuple[int, ...] | None:
-    value = node.meta.get("val")
-    if value is None or not all(isinstance(d, int) for d in value.shape):
-        return None
-    return tuple(value.shape)
 
 
 def _is_bilinear(node: Node) -> bool:
@@ -43,20 +45,16 @@ def _scale_factors(node: Node) -> list[float] | None:
 def effective_scales(node: Node) -> tuple[float, float]:
     """The (h, w) upscaling factors the resize kernel steps by: out / in, or (out - 1) / (in - 1) with
     align_corners."""
-    in_h, in_w = _static_shape(node.args[0])[2:]
-    out_h, out_w = _static_shape(node)[2:]
+    in_h, in_w = shape_of(node.args[0])[2:]
+    out_h, out_w = shape_of(node)[2:]
     if _align_corners(node):
         return (out_h - 1) / (in_h - 1), (out_w - 1) / (in_w - 1)
     return out_h / in_h, out_w / in_w
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
-    in_shape, out_shape = _static_shape(node.args[0]), _static_shape(node)
-    if in_shape is None or out_shape is None:
-        return reject("input or output size is not static; export with static spatial sizes")
-    if len(in_shape) != 4:
-        return reject(f"input rank {len(in_shape)}; 2D resizing needs a rank-4 input")
-    (in_h, in_w), (out_h, out_w) = in_shape[2:], out_shape[2:]
+    # Sizes are static here (the partitioner keeps dynamic-shaped nodes on the CPU) and rank 4 (torch's 2D ops).
+    (in_h, in_w), (out_h, out_w) = shape_of(node.args[0])[2:], shape_of(node)[2:]
     if _align_corners(node):
         if in_h == 1 or in_w == 1:
             return reject(f"align_corners=True with an input of size {in_h}x{in_w}: a size-1 axis has no corners to "
@@ -75,8 +73,8 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
 
 
 def _check_target(node: Node, ctx: CheckContext) -> Verdict:
-    in_h, in_w = _static_shape(node.args[0])[2:]
-    out_h, out_w = _static_shape(node)[2:]
+    in_h, in_w = shape_of(node.args[0])[2:]
+    out_h, out_w = shape_of(node)[2:]
     for axis, scale, size_in, size_out in zip("HW", effective_scales(node), (in_h, in_w), (out_h, out_w),
                                               strict=True):
         if scale not in SUPPORTED_SCALES:
@@ -87,7 +85,7 @@ def _check_target(node: Node, ctx: CheckContext) -> Verdict:
 
 
 def _is_identity(node: Node) -> bool:
-    return _static_shape(node.args[0]) == _static_shape(node)
+    return shape_of(node.args[0]) == shape_of(node)
 
 
 def _converter(op: str):
@@ -104,7 +102,7 @@ def _converter(op: str):
             options = schema.ResizeNearestNeighborOptionsT()
             options.alignCorners = False
             options.halfPixelCenters = False
-        size = ctx.int32_constant(f"{node.name}_size", _static_shape(node)[2:])
+        size = ctx.int32_constant(f"{node.name}_size", shape_of(node)[2:])
         ctx.builder.add_operator(op, [x, size], [output], options)
 
     return convert

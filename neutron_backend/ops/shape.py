@@ -59,13 +59,8 @@ def _slice_start(node: Node, size: int) -> int:
 
 def _check_slice(node: Node, ctx: CheckContext) -> Verdict:
     step = arg(node, 4, "step", 1)
-    if not isinstance(step, int) or any(not isinstance(arg(node, i, name, None), int | None)
-                                        for i, name in ((2, "start"), (3, "end"))):
-        return reject("start, end and step must be static integers")
     if step != 1:
         return reject(f"slice step {step} is not supported; only step 1 (contiguous slices)")
-    if 0 in shape_of(node):
-        return reject(f"the slice is empty (output shape {list(shape_of(node))})")
     return _check(node, ctx)
 
 
@@ -88,12 +83,6 @@ def _convert_slice(node: Node, ctx) -> None:
     in_shape = shape_of(node.args[0])
     dim = arg(node, 1, "dim", 0) % len(in_shape)
     _emit_slice(node, ctx, dim, _slice_start(node, in_shape[dim]), shape_of(node))
-
-
-def _check_select(node: Node, ctx: CheckContext) -> Verdict:
-    if not isinstance(node.args[2], int):
-        return reject("the selected index must be a static integer")
-    return _check(node, ctx)
 
 
 def _convert_select(node: Node, ctx) -> None:
@@ -138,10 +127,10 @@ OPERATORS = [
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_clone,
                     quantization="int8; output shares the input's qparams"),
     NeutronOperator(name="aten.slice_copy.Tensor", targets=(edge("aten.slice_copy.Tensor"),), kind=OpKind.SHAPE,
-                    constraints=f"step 1; static start and end; {_CONSTRAINTS}", check=_check_slice,
+                    constraints=f"step 1; {_CONSTRAINTS}", check=_check_slice,
                     convert=_convert_slice, quantization=_SHARED),
     NeutronOperator(name="aten.select_copy.int", targets=(edge("aten.select_copy.int"),), kind=OpKind.SHAPE,
-                    constraints=f"static index; {_CONSTRAINTS}", check=_check_select, convert=_convert_select,
+                    constraints=_CONSTRAINTS, check=_check, convert=_convert_select,
                     quantization=_SHARED),
     NeutronOperator(name="aten.squeeze_copy.dims",
                     targets=(edge("aten.squeeze_copy.dims"), edge("aten.squeeze_copy.dim"),

@@ -50,6 +50,9 @@ def run(graph_module: GraphModule) -> int:
             continue
         starts = [sum(sizes[:i]) for i in range(len(sizes))]
         for getitem in users:
+            if not getitem.users:  # an unused piece needs no slice
+                graph.erase_node(getitem)
+                continue
             index = getitem.args[1] % len(sizes)
             with graph.inserting_before(getitem):
                 piece = graph.call_function(aten.slice.Tensor, (source, dim, starts[index],
