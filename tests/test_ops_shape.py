@@ -307,23 +307,31 @@ def test_reflection_padding_sign(tmp_path: Path, caplog) -> None:
     assert result.max_error_steps <= 1.0, str(result)
 
 
-class _HandQuantizedPad(nn.Module):
-    """x -> int8 (0.01, 0) -> pad with `value` -> int8 (0.01, 0) -> amax: representable values [-1.28, 1.27]."""
+def _qdq(v: torch.Tensor, scale: float) -> torch.Tensor:
+    qd = torch.ops.quantized_decomposed
+    return qd.dequantize_per_tensor(qd.quantize_per_tensor(v, scale, 0, -128, 127, torch.int8), scale, 0, -128, 127,
+                                    torch.int8)
 
-    def __init__(self, value: float) -> None:
+
+class _HandQuantized(nn.Module):
+    """x -> int8 (0.01, 0) -> `fn` -> int8 (`scale`, 0) -> amax (compute, so the partition is not a lone no-op).
+
+    NeutronQuantizer never produces these qparams (it shares them, and its shared observer sees a pad value)."""
+
+    def __init__(self, fn, scale: float = 0.01) -> None:
         super().__init__()
-        self.value = value
+        self.fn, self.scale = fn, scale
 
     def forward(self, x):
-        qd = torch.ops.quantized_decomposed
-
-        def qdq(v):
-            return qd.dequantize_per_tensor(qd.quantize_per_tensor(v, 0.01, 0, -128, 127, torch.int8), 0.01, 0, -128,
-                                            127, torch.int8)
-
-        return qdq(qdq(F.pad(qdq(x), (1, 1), value=self.value)).amax(-1))
+        return _qdq(_qdq(self.fn(_qdq(x, 0.01)), self.scale).amax(-1), self.scale)
 
 
+def _hand_report(fn, shape, scale: float = 0.01):
+    model = _HandQuantized(fn, scale)
+    return partition_edge(to_edge(torch.export.export(model, (torch.randn(shape),))).exported_program())
+
+
+# Representable with (0.01, 0): [-1.28, 1.27].
 @pytest.mark.parametrize(("value", "reason"), [
     (1.27, None),
     (-1.28, None),
@@ -333,10 +341,21 @@ class _HandQuantizedPad(nn.Module):
            "padded output shares"),
 ])
 def test_pad_value_must_be_representable(value, reason):
-    """NeutronQuantizer's shared observer sees the pad value, so only hand-quantized graphs get here."""
-    x = torch.randn(1, 4, 6)
-    report = partition_edge(to_edge(torch.export.export(_HandQuantizedPad(value), (x,))).exported_program())
-    _assert_verdict(report, PAD, reason)
+    _assert_verdict(_hand_report(lambda x: F.pad(x, (1, 1), value=value), (1, 4, 6)), PAD, reason)
+
+
+@pytest.mark.parametrize(("target", "fn", "what"), [
+    (SLICE, lambda x: x[:, 1:3], "a data-movement operator must keep its input's qparams"),
+    (PAD, lambda x: F.pad(x, (1, 1)), "padding must keep its input's qparams"),
+    (AMAX, lambda x: x.amax(1, keepdim=True), "a max/min reduction must keep its input's qparams"),
+    (NEAREST, lambda x: F.interpolate(x, scale_factor=2.0), "resizing must keep its input's qparams"),
+])
+def test_data_movement_needs_shared_qparams(target, fn, what):
+    """These copy int8 values unchanged, so their output must be quantized like their input."""
+    _assert_verdict(_hand_report(fn, (1, 4, 3, 3)), target, None)
+    _assert_verdict(_hand_report(fn, (1, 4, 3, 3), scale=0.02), target,
+                    f"input and output are quantized differently (scale 0.01 vs 0.02); {what} (NeutronQuantizer "
+                    "shares them)")
 
 
 SCALE_REASON = "scale {} along {} ({} -> {}, {}); Neutron resizes by 1, 2, 4, 8 per axis"

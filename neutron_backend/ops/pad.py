@@ -32,7 +32,7 @@ def _check_pad_list(node: Node, ctx: CheckContext) -> Verdict:
     return SUPPORTED
 
 
-def quantized_pad_value(value: float, scale: float, zero_point: int) -> int:
+def _quantized_pad_value(value: float, scale: float, zero_point: int) -> int:
     """The pad value as quantize_per_tensor computes it (float32, round half to even), before clamping."""
     scaled = torch.tensor(value, dtype=torch.float32) * (1.0 / scale)
     return int(torch.round(scaled).item()) + zero_point
@@ -44,7 +44,7 @@ def _check_constant(node: Node, ctx: CheckContext) -> Verdict:
     value = float(arg(node, 2, "value", 0.0))
     qparams = ctx.output_qparams(node) or ctx.input_qparams(node, 0)
     if qparams is not None and isinstance(qparams.scale, float):
-        q = quantized_pad_value(value, qparams.scale, qparams.zero_point)
+        q = _quantized_pad_value(value, qparams.scale, qparams.zero_point)
         if not qparams.qmin <= q <= qparams.qmax:
             low = (qparams.qmin - qparams.zero_point) * qparams.scale
             high = (qparams.qmax - qparams.zero_point) * qparams.scale
@@ -64,7 +64,7 @@ def _convert_constant(node: Node, ctx) -> None:
     qparams = ctx.output_qparams(node)
     output = ctx.output(node, channels_last=channels_last)
     inputs = [x, _paddings_tensor(node, ctx, channels_last)]
-    value = quantized_pad_value(float(arg(node, 2, "value", 0.0)), qparams.scale, qparams.zero_point)
+    value = _quantized_pad_value(float(arg(node, 2, "value", 0.0)), qparams.scale, qparams.zero_point)
     if value == qparams.zero_point:
         ctx.builder.add_operator("PAD", inputs, [output])  # int8 PAD fills with the output zero point
         return

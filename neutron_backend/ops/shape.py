@@ -95,7 +95,7 @@ def _convert_select(node: Node, ctx) -> None:
     channels_last = value_layout(node, ctx)
     sliced = ctx.new_tensor(f"{node.name}_slice", to_ir_order(sliced_shape, channels_last), ctx.output_qparams(node))
     _emit_slice(node, ctx, dim, index, sliced_shape, output=sliced)
-    if channels_last:
+    if channels_last and dim != 1:  # one channel left: NHWC and NCHW hold the elements in the same order
         sliced = ctx.transpose(sliced, node.args[0], to_channels_last=False)
     output = ctx.output(node, channels_last=False)
     ctx.builder.add_operator("RESHAPE", [sliced, ctx.int32_constant(f"{node.name}_shape", shape_of(node))], [output])
