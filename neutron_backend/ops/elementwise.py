@@ -27,11 +27,8 @@ from neutron_backend.ops.edge import edge
 
 
 def _check_operands(node: Node, ctx: CheckContext) -> Verdict:
-    for position in (0, 1):
-        operand = node.args[position]
-        if not isinstance(operand, Node):
-            return reject(f"input {position} is the Python scalar {operand!r}; Neutron needs two tensors "
-                          "(NeutronQuantizer turns scalars into quantized constants before annotation)")
+    # Both operands are tensors here: to_edge lifts Python scalars to constants, and NeutronQuantizer's
+    # scalars_to_constants rewrite has already made them quantized ones.
     a, b = node.args[0], node.args[1]
     out = numel(shape_of(node))
     if numel(shape_of(a)) != out and numel(shape_of(b)) != out:

@@ -21,10 +21,7 @@ from neutron_backend.ops.edge import edge
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
-    for index in (0, 1):
-        operand = node.args[index]
-        if len(shape_of(operand)) != 3:
-            return reject(f"input {index} has shape {list(shape_of(operand))}; bmm needs rank-3 inputs")
+    # aten.bmm itself only takes rank-3 inputs, so the rank needs no check.
     for index in (0, 1):
         q = ctx.input_qparams(node, index)
         if q is not None and q.zero_point != 0:
@@ -52,7 +49,7 @@ def _convert(node: Node, ctx) -> None:
 
 OPERATORS = [
     NeutronOperator(name="aten.bmm.default", targets=(edge("aten.bmm.default"),), kind=OpKind.COMPUTE,
-                    constraints="rank-3 inputs; both input zero points 0", check=_check, macs=_macs,
+                    constraints="both input zero points 0 (rank 3 by definition)", check=_check, macs=_macs,
                     convert=_convert,
                     quantization="int8 activations; both inputs symmetric (zero point 0)"),
 ]

@@ -37,6 +37,8 @@ def _fold(graph_module: GraphModule, node: Node) -> bool:
     if len(node.args) != 2 or extra:
         return False
     linear, other = node.args
+    if node.target == aten.add.Tensor and isinstance(other, Node) and other.target == aten.linear.default:
+        linear, other = other, linear  # c + linear(x)
     if not (isinstance(linear, Node) and linear.target == aten.linear.default and len(linear.users) == 1):
         return False
     value = constant_value(graph_module, other)
@@ -61,7 +63,8 @@ def _fold(graph_module: GraphModule, node: Node) -> bool:
 
 
 def run(graph_module: GraphModule) -> int:
-    """Folds `linear(...) + c` and `linear(...) - c` (c a constant along the output features) into the bias.
+    """Folds `linear(...) + c`, `c + linear(...)` and `linear(...) - c` (c a constant along the output features)
+    into the bias.
 
     Returns the number of additions folded."""
     changed = sum(_fold(graph_module, node) for node in list(graph_module.graph.nodes)
