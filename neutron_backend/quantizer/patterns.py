@@ -377,6 +377,8 @@ PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
     aten.flatten.using_ints: _SHARED,
     aten.permute.default: _SHARED,
     aten.clone.default: _SHARED,
+    # Eval-mode dropout (e.g. before a classifier) is exported as aten.dropout and becomes a clone in edge.
+    aten.dropout.default: _SHARED,
     aten.cat.default: SharedAll(),
     aten.softmax.int: FixedOutput(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT),
 }

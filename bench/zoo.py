@@ -1,0 +1,207 @@
+"""The model zoo end to end: delegation, MACs, numerical agreement with the quantized torch model, and timings.
+
+For every zoo model (`neutron_backend.models`): quantize it with NeutronQuantizer (16 seeded N(0, 1) calibration
+batches), partition and lower it for imxrt700 (`neutron_backend.pipeline.compile_model`), then run the .pte on the
+host (ExecuTorch runtime, Neutron partitions on LiteRT's reference kernels) on 100 seeded N(0, 1) inputs (a seed
+different from the calibration's) and compare with the quantized torch model (`neutron_backend.verify.verify`).
+
+Figures per model: call_function nodes (delegated / all), partitions, MACs and the delegated fraction, max and mean
+error in output quantization steps, top-1 agreement with the reference (classifiers), how many distinct classes the
+reference predicts on those inputs (1 means top-1 agreement says little), and for each top-1 disagreement the
+reference's margin between its class and the .pte's (a near-tie when it is within the error). Timings: compile
+(quantize + calibrate + partition + lower) wall and CPU seconds, host run per inference.
+Writes bench/results/zoo.{json,md}.
+
+    python bench/zoo.py                              # every model, 100 inputs
+    python bench/zoo.py --models resnet8 ds_cnn --inputs 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+TARGET = "imxrt700"
+CALIBRATION_BATCHES = 16
+CALIBRATION_SEED = 0
+INPUT_SEED = 1
+
+
+class _Recorder:
+    """Wraps a callable returning a tuple of tensors; keeps every first output and the time spent."""
+
+    def __init__(self, function) -> None:
+        self.function = function
+        self.first_outputs: list[torch.Tensor] = []
+        self.seconds = 0.0
+
+    def __call__(self, *args: torch.Tensor):
+        start = time.perf_counter()
+        outputs = self.function(*args)
+        self.seconds += time.perf_counter() - start
+        outputs = outputs if isinstance(outputs, tuple | list) else (outputs,)
+        self.first_outputs.append(outputs[0].detach().reshape(-1).double())
+        return outputs
+
+
+def measure(name: str, num_inputs: int) -> dict:
+    from neutron_backend.models import zoo_entry
+    from neutron_backend.pipeline import compile_model
+    from neutron_backend.quantizer.calibration import random_batches
+    from neutron_backend.runtime import load_pte
+    from neutron_backend.verify import output_scales, verify
+
+    entry = zoo_entry(name)
+    start = time.perf_counter()
+    model, example_inputs = entry.build()
+    build_s = time.perf_counter() - start
+    wall, cpu = time.perf_counter(), time.process_time()
+    compiled = compile_model(model, example_inputs, TARGET, progress=False,
+                             calibration_batches=random_batches(example_inputs, CALIBRATION_BATCHES,
+                                                                seed=CALIBRATION_SEED))
+    compile_wall_s, compile_cpu_s = time.perf_counter() - wall, time.process_time() - cpu
+    report = compiled.report
+
+    with tempfile.TemporaryDirectory() as directory:
+        pte_path = Path(directory) / f"{name}.pte"
+        pte_path.write_bytes(compiled.pte)
+        program = _Recorder(load_pte(pte_path))
+        reference = _Recorder(compiled.quantized)
+        scales = output_scales(compiled.quantized)
+        inputs = random_batches(example_inputs, num_inputs, seed=INPUT_SEED)
+        result = verify(program, reference, inputs, float_model=model, output_scale=scales)
+
+    row = dict(
+        model=name, description=entry.description, source=entry.source, classifier=entry.classifier,
+        input_shape=list(entry.input_shape), params=sum(p.numel() for p in model.parameters()),
+        nodes=len(report.nodes), delegated_nodes=sum(e.delegated for e in report.nodes),
+        cpu_nodes=[f"{e.name} ({e.target}): {e.reason}" for e in report.rejected()],
+        partitions=report.num_partitions, macs=report.total_macs, delegated_macs=report.delegated_macs,
+        delegated_mac_fraction=report.delegated_mac_fraction, pte_bytes=len(compiled.pte),
+        inputs=result.num_samples, output_scale=scales[0],
+        max_error_steps=result.max_error_steps, mean_error_steps=round(result.mean_error_steps, 4),
+        build_s=round(build_s, 2), compile_wall_s=round(compile_wall_s, 2), compile_cpu_s=round(compile_cpu_s, 2),
+        host_ms_per_inference=round(1000 * program.seconds / result.num_samples, 2),
+    )
+    if entry.classifier:
+        ref_classes = [int(out.argmax()) for out in reference.first_outputs]
+        pte_classes = [int(out.argmax()) for out in program.first_outputs]
+        margins = [(ref[r] - ref[p]).item() / scales[0] for ref, r, p
+                   in zip(reference.first_outputs, ref_classes, pte_classes, strict=True) if r != p]
+        row.update(top1_agreement=result.top1_agreement, distinct_reference_classes=len(set(ref_classes)),
+                   top1_agreement_with_float=result.top1_agreement_with_float,
+                   reference_top1_agreement_with_float=result.reference_top1_agreement_with_float,
+                   disagreement_margins_steps=[round(m, 3) for m in margins])
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def _git(*args: str) -> str:
+    repo = Path(__file__).resolve().parent.parent
+    try:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict:
+    """The machine, library versions, load, and the code measured (commit, and whether it had local edits)."""
+    from importlib.metadata import version
+
+    return dict(nproc=os.cpu_count(), torch_threads=torch.get_num_threads(), load_average=os.getloadavg(),
+                python=platform.python_version(), torch=torch.__version__, executorch=version("executorch"),
+                ai_edge_litert=version("ai-edge-litert"), platform=platform.platform(),
+                commit=_git("rev-parse", "--short", "HEAD"),
+                library_modified=bool(_git("status", "--porcelain", "--", "neutron_backend")))
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.0f}%"
+
+
+def markdown_table(rows: list[dict]) -> list[str]:
+    """The per-model table (also what README.md's "Model zoo" section shows)."""
+    lines = [
+        "| model | input | MACs | nodes on NPU | partitions | MACs on NPU | max / mean error (steps) | "
+        "top-1 agreement | distinct classes | compile (s, CPU) | host run (ms) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        shape = "x".join(map(str, r["input_shape"]))
+        distinct = r.get("distinct_reference_classes", "-")
+        lines.append(
+            f"| {r['model']} | {shape} | {r['macs']:,} | {r['delegated_nodes']}/{r['nodes']} | {r['partitions']} | "
+            f"{_percent(r['delegated_mac_fraction'])} | {r['max_error_steps']:g} / {r['mean_error_steps']:.3f} | "
+            f"{_percent(r.get('top1_agreement'))} | {distinct} | {r['compile_cpu_s']:.0f} | "
+            f"{r['host_ms_per_inference']:.1f} |")
+    return lines
+
+
+def write(rows: list[dict], command: str, info: dict) -> None:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    (RESULTS_DIR / "zoo.json").write_text(json.dumps(dict(command=command, machine=info, rows=rows), indent=2) + "\n")
+    lines = [
+        "# Model zoo on imxrt700",
+        "",
+        f"Each model quantized with NeutronQuantizer ({CALIBRATION_BATCHES} seeded N(0, 1) calibration batches), "
+        f"lowered for {TARGET} with `neutron_backend.pipeline.compile_model`, and its .pte run on the host "
+        "(ExecuTorch runtime; Neutron partitions on LiteRT's BUILTIN_REF kernels) on seeded N(0, 1) inputs against "
+        "the quantized torch model (`neutron_backend.verify.verify`). Weights are random (seeded) with batchnorm "
+        "statistics warmed up: the figures measure the lowering, not accuracy on a dataset.",
+        "",
+        "Error is |pte - reference| in output quantization steps. LiteRT's reference kernels requantize in fixed "
+        "point (double rounding), torch in float: each requantizing op may differ by 1 step, and deeper layers "
+        "amplify earlier differences, so deep models show more than 1 step at the output. `distinct classes` is "
+        "how many different top-1 classes the reference predicts on these inputs. Compile time is CPU seconds of "
+        "quantize + calibrate + partition + lower (wall time depends on the machine's load).",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Machine: {info['nproc']} CPUs (load average {info['load_average'][0]:.1f} at the end), torch threads "
+        f"{info['torch_threads']}, Python {info['python']}, torch {info['torch']}, executorch {info['executorch']}, "
+        f"ai-edge-litert {info['ai_edge_litert']}; commit {info['commit']}"
+        f"{' with local changes to neutron_backend/' if info['library_modified'] else ''}",
+        "",
+        *markdown_table(rows),
+        "",
+        "| model | params | .pte bytes | compile wall (s) | top-1 vs float (pte / reference) | "
+        "reference margin at top-1 disagreements (steps) | CPU nodes |",
+        "|---|---:|---:|---:|---:|---|---|",
+    ]
+    for r in rows:
+        float_agreement = (f"{_percent(r['top1_agreement_with_float'])} / "
+                           f"{_percent(r['reference_top1_agreement_with_float'])}" if r["classifier"] else "-")
+        margins = ", ".join(f"{m:g}" for m in r.get("disagreement_margins_steps", [])) or "-"
+        cpu_nodes = "; ".join(n.split(":")[0] for n in r["cpu_nodes"]) or "-"
+        lines.append(f"| {r['model']} | {r['params']:,} | {r['pte_bytes']:,} | {r['compile_wall_s']:.0f} | "
+                     f"{float_agreement} | {margins} | {cpu_nodes} |")
+    lines += ["", "Models:", ""]
+    lines += [f"- `{r['model']}`: {r['description']}. Source: {r['source']}." for r in rows]
+    (RESULTS_DIR / "zoo.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from neutron_backend.models import list_models
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
+    parser.add_argument("--inputs", type=int, default=100, help="seeded random inputs per model")
+    args = parser.parse_args(argv)
+    command = "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *(argv or sys.argv[1:])])
+    rows = [measure(name, args.inputs) for name in args.models]
+    write(rows, command, machine())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
