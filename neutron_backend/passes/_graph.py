@@ -38,6 +38,17 @@ def static_shape(node: Node) -> tuple[int, ...] | None:
     return tuple(val.shape)
 
 
+def is_float_value(node: Any) -> bool:
+    """Whether `node` is a graph node producing a float32 tensor (the only values the quantizer quantizes)."""
+    val = value(node) if isinstance(node, Node) else None
+    return isinstance(val, torch.Tensor) and val.dtype == torch.float32
+
+
+def is_number(argument: Any) -> bool:
+    """Whether an operator argument is a Python int or float (not a bool, a tensor or a node)."""
+    return isinstance(argument, int | float) and not isinstance(argument, bool)
+
+
 def call(graph_module: GraphModule, target: Any, args: tuple, like: Node) -> Node:
     """A new call_function node at the graph's insertion point, with `like`'s provenance and its fake value."""
     node = graph_module.graph.call_function(target, args)

@@ -11,7 +11,7 @@ import logging
 import torch
 from torch.fx import GraphModule
 
-from neutron_backend.passes._fx_constants import add_constant, constant_value, is_float_value, is_number
+from neutron_backend.passes._graph import constant_value, is_float_value, is_number, new_constant
 
 ORDER = 10
 
@@ -40,7 +40,9 @@ def run(graph_module: GraphModule) -> int:
             value = constant_value(graph_module, divisor)
             if value is None or not value.is_floating_point() or bool((value == 0).any()):
                 continue
-            reciprocal = add_constant(graph_module, "reciprocal", torch.reciprocal(value), node)
+            with graph_module.graph.inserting_before(node):
+                reciprocal = new_constant(graph_module, "_neutron_reciprocal", torch.reciprocal(value.detach()),
+                                          node)
         node.target = aten.mul.Tensor
         node.args = (dividend, reciprocal)
         changed += 1

@@ -13,7 +13,7 @@ import math
 import torch
 from torch.fx import GraphModule, Node
 
-from neutron_backend.passes._fx_constants import call, is_float_value
+from neutron_backend.passes._graph import call, is_float_value, static_shape
 
 ORDER = 50
 
@@ -22,15 +22,17 @@ aten = torch.ops.aten
 
 
 def _rewrite(graph_module: GraphModule, node: Node) -> bool:
-    x = node.args[0]
-    if not (is_float_value(x) and is_float_value(node)) or x.meta["val"].dim() <= 2:
+    x, weight = node.args[0], node.args[1]
+    bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
+    in_shape, out_shape = static_shape(x), static_shape(node)
+    if not (is_float_value(x) and is_float_value(node)) or in_shape is None or out_shape is None:
         return False
-    in_shape, out_shape = tuple(x.meta["val"].shape), list(node.meta["val"].shape)
-    flat = call(graph_module, aten.reshape.default, (x, [math.prod(in_shape[:-1]), in_shape[-1]]), before=node,
-                like=node)
-    linear = call(graph_module, aten.linear.default, (flat, *node.args[1:]), dict(node.kwargs), before=node,
-                  like=node)
-    result = call(graph_module, aten.reshape.default, (linear, out_shape), before=node, like=node)
+    if len(in_shape) <= 2:
+        return False
+    with graph_module.graph.inserting_before(node):
+        flat = call(graph_module, aten.reshape.default, (x, [math.prod(in_shape[:-1]), in_shape[-1]]), node)
+        linear = call(graph_module, aten.linear.default, (flat, weight, bias), node)
+        result = call(graph_module, aten.reshape.default, (linear, list(out_shape)), node)
     node.replace_all_uses_with(result)
     graph_module.graph.erase_node(node)
     return True

@@ -11,7 +11,7 @@ import logging
 import torch
 from torch.fx import GraphModule, Node
 
-from neutron_backend.passes._fx_constants import add_constant, constant_value
+from neutron_backend.passes._graph import constant_value, new_constant, static_shape
 
 ORDER = 30
 
@@ -42,8 +42,8 @@ def _fold(graph_module: GraphModule, node: Node) -> bool:
     if not (isinstance(linear, Node) and linear.target == aten.linear.default and len(linear.users) == 1):
         return False
     value = constant_value(graph_module, other)
-    out_shape = linear.meta["val"].shape
-    if value is None or tuple(node.meta["val"].shape) != tuple(out_shape):
+    out_shape = static_shape(linear)
+    if value is None or out_shape is None or static_shape(node) != out_shape:
         return False
     vector = _feature_vector(value, out_shape[-1])
     bias = _bias_of(linear)
@@ -52,7 +52,8 @@ def _fold(graph_module: GraphModule, node: Node) -> bool:
         return False
     sign = -1.0 if node.target == aten.sub.Tensor else 1.0
     folded = sign * vector if old_bias is None else old_bias + sign * vector
-    new_bias = add_constant(graph_module, "linear_bias", folded.contiguous(), linear)
+    with graph_module.graph.inserting_before(linear):
+        new_bias = new_constant(graph_module, "_neutron_linear_bias", folded.contiguous(), linear)
     linear.args, linear.kwargs = (linear.args[0], linear.args[1], new_bias), {}
     node.replace_all_uses_with(linear)
     graph_module.graph.erase_node(node)

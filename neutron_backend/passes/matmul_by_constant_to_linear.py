@@ -11,7 +11,7 @@ import logging
 import torch
 from torch.fx import GraphModule
 
-from neutron_backend.passes._fx_constants import add_constant, constant_value, is_float_value
+from neutron_backend.passes._graph import constant_value, is_float_value, new_constant, static_shape
 
 ORDER = 25
 
@@ -29,9 +29,11 @@ def run(graph_module: GraphModule) -> int:
             continue
         x, weight = node.args
         value = constant_value(graph_module, weight)
-        if value is None or value.dim() != 2 or not is_float_value(x) or x.meta["val"].dim() < 2:
+        shape = static_shape(x)
+        if value is None or value.dim() != 2 or not is_float_value(x) or shape is None or len(shape) < 2:
             continue
-        transposed = add_constant(graph_module, "linear_weight", value.t().contiguous(), node)
+        with graph_module.graph.inserting_before(node):
+            transposed = new_constant(graph_module, "_neutron_linear_weight", value.detach().t().contiguous(), node)
         node.target, node.args, node.kwargs = aten.linear.default, (x, transposed), {}
         if not weight.users:
             graph_module.graph.erase_node(weight)

@@ -14,7 +14,7 @@ import math
 import torch
 from torch.fx import GraphModule, Node
 
-from neutron_backend.passes._fx_constants import call, constant_value, is_float_value
+from neutron_backend.passes._graph import call, constant_value, is_float_value, static_shape
 
 ORDER = 26
 
@@ -28,18 +28,20 @@ def _rewrite(graph_module: GraphModule, node: Node) -> bool:
         return False
     if constant_value(graph_module, a) is not None or constant_value(graph_module, b) is not None:
         return False
-    a_shape, b_shape = tuple(a.meta["val"].shape), tuple(b.meta["val"].shape)
+    a_shape, b_shape, out_shape = static_shape(a), static_shape(b), static_shape(node)
+    if a_shape is None or b_shape is None or out_shape is None:
+        return False
     if len(a_shape) != len(b_shape) or len(a_shape) < 2 or a_shape[:-2] != b_shape[:-2]:
         return False
     if len(a_shape) == 3:
         node.target = aten.bmm.default
         return True
     batch = math.prod(a_shape[:-2])
-    a3 = call(graph_module, aten.reshape.default, (a, [batch, *a_shape[-2:]]), before=node, like=node)
-    b3 = call(graph_module, aten.reshape.default, (b, [batch, *b_shape[-2:]]), before=node, like=node)
-    product = call(graph_module, aten.bmm.default, (a3, b3), before=node, like=node)
-    result = call(graph_module, aten.reshape.default, (product, list(node.meta["val"].shape)), before=node,
-                  like=node)
+    with graph_module.graph.inserting_before(node):
+        a3 = call(graph_module, aten.reshape.default, (a, [batch, *a_shape[-2:]]), node)
+        b3 = call(graph_module, aten.reshape.default, (b, [batch, *b_shape[-2:]]), node)
+        product = call(graph_module, aten.bmm.default, (a3, b3), node)
+        result = call(graph_module, aten.reshape.default, (product, list(out_shape)), node)
     node.replace_all_uses_with(result)
     graph_module.graph.erase_node(node)
     return True

@@ -12,7 +12,7 @@ import logging
 import torch
 from torch.fx import GraphModule, Node
 
-from neutron_backend.passes._fx_constants import is_float_value, is_number, scalar_constant
+from neutron_backend.passes._graph import is_float_value, is_number, new_constant
 
 ORDER = 20
 
@@ -32,6 +32,12 @@ def _alpha(node: Node) -> float:
     return node.args[2] if len(node.args) > 2 else node.kwargs.get("alpha", 1)
 
 
+def _constant(graph_module: GraphModule, number: float, node: Node) -> Node:
+    """A 0-d float32 constant holding `number`, inserted before `node`."""
+    with graph_module.graph.inserting_before(node):
+        return new_constant(graph_module, "_neutron_scalar", torch.tensor(number, dtype=torch.float32), node)
+
+
 def _rewrite(graph_module: GraphModule, node: Node) -> bool:
     if (node.target not in _BINARY and node.target not in _REVERSED) or len(node.args) < 2:
         return False
@@ -40,14 +46,14 @@ def _rewrite(graph_module: GraphModule, node: Node) -> bool:
         return False
     alpha = _alpha(node)
     if node.target in _REVERSED:
-        constant = scalar_constant(graph_module, float(number), tensor, node)
+        constant = _constant(graph_module, float(number), node)
         node.target = aten.sub.Tensor
         node.args, node.kwargs = (constant, tensor), ({} if alpha == 1 else {"alpha": alpha})
         return True
     # add/sub scale their second operand by alpha: fold it into the number.
     value = float(number) if node.target in (aten.mul.Tensor, aten.mul.Scalar) else float(number) * alpha
     node.target = _BINARY[node.target]
-    node.args, node.kwargs = (tensor, scalar_constant(graph_module, value, tensor, node)), {}
+    node.args, node.kwargs = (tensor, _constant(graph_module, value, node)), {}
     return True
 
 
