@@ -78,8 +78,8 @@ def write_markdown(summary: dict, records: list[dict], command: str, seconds: fl
         "# ExecuTorch backend operator test suite, Neutron int8 flow",
         "",
         "Every case of `executorch/backends/test/suite/operators` (executorch wheel) run with "
-        "`tests/neutron_suite_flow.py`: "
-        "NeutronQuantizer (calibrated on the example inputs + 4 seeded random batches), NeutronPartitioner "
+        "`tests/neutron_suite_flow.py`: NeutronQuantizer (calibrated on the example inputs + 4 seeded batches "
+        "drawn from their range), NeutronPartitioner "
         "(imxrt700), `to_executorch`, and the .pte run by ExecuTorch's pybindings with the host NeutronBackend "
         "(`neutron_backend.runtime.register()`), compared with the exported quantized model (suite tolerances "
         "atol=0.1, rtol=0.04, plus one output quantization step).",

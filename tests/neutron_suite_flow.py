@@ -2,8 +2,8 @@
 
 The suite runs each case as: eager check, quantize, export, ``to_edge_transform_and_lower``, ``to_executorch``,
 serialize, run the ``.pte`` with ExecuTorch's pybindings and compare with the exported quantized model. This flow
-fills those stages with NeutronQuantizer (calibrated on the example inputs and seeded random batches like the
-suite's test inputs), NeutronPartitioner, and the host runtime (``neutron_backend.runtime.register()``, so the
+fills those stages with NeutronQuantizer (calibrated on the example inputs and seeded batches drawn from their
+domain), NeutronPartitioner, and the host runtime (``neutron_backend.runtime.register()``, so the
 pybindings run Neutron delegates). Outputs are compared with the harness's quantized tolerance of one output
 quantization step (``qtol=1``, DESIGN.md §7) on top of the suite's atol/rtol.
 
@@ -41,9 +41,25 @@ DEFAULT_TIMEOUT_S = 300
 QUANTIZED_STEPS = 1
 
 
+def domain_batches(example_inputs: tuple[Any, ...], count: int, seed: int = 0) -> list[tuple[Any, ...]]:
+    """`count` seeded batches like `example_inputs`: every float tensor drawn uniformly from its own [min, max]
+    (the case's input domain: a log's inputs stay positive), anything else reused as given."""
+    from torch.utils._pytree import tree_map
+
+    generator = torch.Generator().manual_seed(seed)
+
+    def draw(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.numel() == 0:
+            return value
+        low, high = value.min(), value.max()
+        return low + (high - low) * torch.rand(value.shape, generator=generator, dtype=value.dtype)
+
+    return [tuple(tree_map(draw, tuple(example_inputs))) for _ in range(count)]
+
+
 class NeutronQuantize(Quantize):
-    """Export (non-strict, as users export), NeutronQuantizer, calibrate on the example inputs and seeded random
-    batches drawn like the suite's test inputs, convert."""
+    """Export (non-strict, as users export), NeutronQuantizer, calibrate on the example inputs and seeded batches
+    drawn from their domain, convert."""
 
     def __init__(self) -> None:
         from neutron_backend.quantizer import NeutronQuantizer
@@ -53,11 +69,11 @@ class NeutronQuantize(Quantize):
     def run(self, artifact: torch.nn.Module, inputs: tuple[Any, ...] | None) -> None:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-        from neutron_backend.quantizer.calibration import calibrate, random_batches
+        from neutron_backend.quantizer.calibration import calibrate
 
         assert inputs is not None
         prepared = prepare_pt2e(torch.export.export(artifact, tuple(inputs)).module(), self.quantizer)
-        batches = [tuple(inputs), *random_batches(tuple(inputs), CALIBRATION_BATCHES, seed=0)]
+        batches = [tuple(inputs), *domain_batches(tuple(inputs), CALIBRATION_BATCHES)]
         calibrate(prepared, batches, progress=False)
         self.converted_graph = convert_pt2e(prepared)
 
@@ -88,8 +104,21 @@ class NeutronTester(Tester):
         }
         super().__init__(module, example_inputs, stages, dynamic_shapes)
 
+    def _calculate_reference_output(self, program: Any, inputs: Any) -> tuple[Any, float | None]:
+        output, scale = Tester._calculate_reference_output(program, inputs)
+        self._output_scale = scale
+        return output, scale
+
     def run_method_and_compare_outputs(self, *args: Any, **kwargs: Any) -> NeutronTester:
         kwargs["qtol"] = QUANTIZED_STEPS
+        callback = kwargs.get("statistics_callback")
+        if callback is not None:
+            def with_scale(statistics: Any) -> None:
+                # The output's quantization scale, so the record can give the error in output steps.
+                statistics.output_scale = self._output_scale
+                callback(statistics)
+
+            kwargs["statistics_callback"] = with_scale
         return super().run_method_and_compare_outputs(*args, **kwargs)
 
 
@@ -137,6 +166,8 @@ def _subtests(item: pytest.Item) -> list[dict[str, Any]]:
             "result": summary.result.name,
             "error": "" if summary.error is None else f"{type(summary.error).__name__}: {summary.error}"[:2000],
             "error_max": [round(float(s.error_max), 6) for s in summary.tensor_error_statistics],
+            "error_steps": [round(float(s.error_max) / s.output_scale, 4) if getattr(s, "output_scale", None)
+                            else None for s in summary.tensor_error_statistics],
         })
     return found
 
