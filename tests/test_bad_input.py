@@ -185,6 +185,13 @@ def test_empty_calibration_data() -> None:
         quantize_model(Conv(), example, calibration_batches=iter([]), progress=False)
 
 
+def test_calibration_data_outside_the_model_domain() -> None:
+    example = (torch.rand(2, 8) + 0.5,)
+    with pytest.raises(ValueError, match=r"calibration batch 0 produced non-finite activations \(NaN or inf\).*"
+                                         r"input domain"):
+        quantize_model(Fn(torch.log), example, calibration_batches=[(-example[0],)], progress=False)
+
+
 # -- models Neutron cannot run: CPU fallback with a warning, and correct results --------------------------------
 
 

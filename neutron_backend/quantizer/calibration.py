@@ -32,7 +32,17 @@ def calibrate(prepared_module: torch.nn.Module, batches: Iterable[Batch], progre
     with torch.no_grad():
         for batch in tqdm(batches, total=total, desc="calibrating", unit="batch", disable=not progress):
             inputs = (batch,) if isinstance(batch, torch.Tensor) else tuple(batch)
-            prepared_module(*inputs)
+            try:
+                prepared_module(*inputs)
+            except RuntimeError as error:
+                if "not finite" not in str(error):
+                    raise
+                # The histogram observer cannot place NaN/inf; torch's message does not say where they came from.
+                raise ValueError(
+                    f"calibration batch {count} produced non-finite activations (NaN or inf), which observers "
+                    f"cannot record: calibrate with data from the model's input domain (e.g. no negative inputs "
+                    f"to a log or sqrt); torch said: {error}"
+                ) from error
             count += 1
     if count == 0:
         raise ValueError(
