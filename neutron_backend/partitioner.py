@@ -7,6 +7,7 @@ import functools
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -158,8 +159,8 @@ class NeutronPartitioner(Partitioner):
                 return False
             if isinstance(node.target, EdgeOpOverload):
                 # After lowering, ExecuTorch asks again to find kept-whole nodes left undelegated: one still here
-                # has no CPU kernel, so it must be reported.
-                return True
+                # must be reported unless the CPU runs it whole (unsqueeze_copy: from functionalization, not kept).
+                return not has_portable_kernel(node.target)
             if not delegated:
                 delegated.append(self._delegated_heads(ep, kept_whole.keys()))
             return node in delegated[0]
@@ -444,6 +445,23 @@ def kept_whole_operators() -> dict[tuple[str, str], Any]:
         if ops.schema_key(aten_op) in decomposed:
             kept[ops.schema_key(aten_op)] = aten_op
     return kept
+
+
+@functools.cache
+def _portable_kernels() -> frozenset[str]:
+    """The out variants ('unsqueeze_copy.out') ExecuTorch's portable kernel library implements."""
+    import executorch
+
+    table = Path(executorch.__path__[0]) / "kernels" / "portable" / "functions.yaml"
+    lines = table.read_text(encoding="utf-8").splitlines()
+    return frozenset(line.split("op:", 1)[1].strip() for line in lines if line.lstrip().startswith("- op:"))
+
+
+def has_portable_kernel(op: Any) -> bool:
+    """Whether ExecuTorch's portable kernels run the ATen/edge operator `op` whole on the CPU."""
+    name, overload = ops.schema_key(op)
+    base = name.split("::")[-1]
+    return (f"{base}.out" if overload == "default" else f"{base}.{overload}_out") in _portable_kernels()
 
 
 def _shape_problem(nodes: Sequence[Node]) -> str | None:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from fuzz_graphs import BUILDERS, NOT_FUZZED, HypothesisDraw, check_graph, draw_case
+import pytest
+from fuzz_graphs import BUILDERS, NOT_FUZZED, HypothesisDraw, SeededDraw, check_graph, draw_case
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,20 @@ def test_every_registered_operator_is_fuzzed() -> None:
     missing = registered - BUILDERS.keys() - NOT_FUZZED.keys()
     assert not missing, (f"registered operators without a fuzz builder: {sorted(missing)}; add a builder to "
                          "tests/fuzz_graphs.py (or a reason to NOT_FUZZED)")
+
+
+# Seeds of bench/fuzz_soak.py graphs that once failed, with what went wrong; each must pass for good.
+REGRESSIONS = {
+    13: "two select+unsqueeze pairs: unsqueeze_copy (from functionalization) was reported as a kept-whole operator "
+        "left undelegated, and lowering failed",
+}
+
+
+@pytest.mark.parametrize("seed", sorted(REGRESSIONS))
+def test_graphs_that_once_failed(seed: int) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        outcome = check_graph(draw_case(SeededDraw(seed)), Path(directory))
+    assert outcome.max_error_steps <= outcome.tolerance_steps
 
 
 @settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=True,
