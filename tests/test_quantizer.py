@@ -243,6 +243,88 @@ def test_cat_inputs_and_output_share_one_spec() -> None:
     assert len(qparams) == 1
 
 
+class CatOfInputs(nn.Module):
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, y], dim=1)
+
+
+class CatInputAlsoConvolved(nn.Module):
+    """A graph input consumed by a cat and by a conv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([x, y], dim=1), self.conv(x)
+
+
+class TwoCatsShareAnInput(nn.Module):
+    def forward(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.cat([a, b], dim=1), torch.cat([b, c], dim=1)
+
+
+class MaximumMinimum(nn.Module):
+    """maximum of two graph inputs; minimum of a conv output that is also a model output and a graph input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        convolved = self.conv(x)
+        return torch.maximum(x, y), torch.minimum(convolved, y), convolved
+
+
+class CatOfItself(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x], dim=1)
+
+
+def _image(scale: float) -> torch.Tensor:
+    return scale * torch.randn(1, 8, 4, 4, generator=torch.Generator().manual_seed(int(scale)))
+
+
+SHARED_ALL_TARGETS = (aten.cat.default, aten.maximum.default, aten.minimum.default)
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs"),
+    [
+        (CatOfInputs(), (_image(1), _image(3))),
+        (CatInputAlsoConvolved(), (_image(1), _image(3))),
+        (TwoCatsShareAnInput(), (_image(1), _image(2), _image(5))),
+        (MaximumMinimum(), (_image(1), _image(3))),
+        (CatOfItself(), (_image(1),)),
+    ],
+    ids=["cat_of_graph_inputs", "input_shared_with_conv", "two_cats_share_an_input", "maximum_minimum", "cat_x_x"],
+)
+def test_shared_all_inputs_and_output_one_spec_without_requantization(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], partition_model, entry_for
+) -> None:
+    prepared = prepare_pt2e(torch.export.export(model.eval(), inputs).module(), NeutronQuantizer("imxrt700"))
+    calibrate(prepared, [inputs], progress=False)  # inputs of different ranges, so sharing is not a coincidence
+    gm = convert_pt2e(prepared)
+    heads = [n for n in gm.graph.nodes if n.target in SHARED_ALL_TARGETS]
+    assert heads
+    for head in heads:
+        operands = head.args[0] if head.target == aten.cat.default else head.args[:2]
+        qparams = {_per_tensor_qparams(dq) for dq in operands if dq.target == DQ_PER_TENSOR}
+        qparams |= {_per_tensor_qparams(q) for q in head.users if q.target == Q_PER_TENSOR}
+        assert len(qparams) == 1 and all(dq.target == DQ_PER_TENSOR for dq in operands), head.format_node()
+        _output_q(head)
+    requantizations = [n for n in gm.graph.nodes if n.target == Q_PER_TENSOR and n.args[0].target == DQ_PER_TENSOR]
+    assert not requantizations
+
+    report, _ = partition_model(model, inputs, calibration=[inputs])
+    names = {aten.cat.default: "aten.cat.default", aten.maximum.default: "aten.maximum.default",
+             aten.minimum.default: "aten.minimum.default"}
+    for position, head in enumerate(heads):
+        index = sum(1 for earlier in heads[:position] if earlier.target == head.target)
+        entry = entry_for(report, names[head.target], index)
+        assert entry.delegated, entry.reason
+
+
 def test_softmax_output_fixed_qparams() -> None:
     gm = _quantize(nn.Sequential(nn.Linear(8, 5), nn.Softmax(dim=-1)), (torch.randn(2, 8),))
     softmax = _only(gm, aten.softmax.int)
@@ -281,6 +363,149 @@ def test_integer_and_float64_tensors_never_quantized() -> None:
     exported = torch.export.export(gm, inputs)
     for got, want in zip(exported.module()(*inputs), gm(*inputs), strict=True):
         torch.testing.assert_close(got, want)
+
+
+class Embedding(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = nn.Embedding(10, 8)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.embedding(idx) + x)
+
+
+class IndexSelect(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.index_select(torch.relu(x), 0, idx))
+
+
+class MaskedFill(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.fc(x).masked_fill(mask, -1.0))
+
+
+class Gather(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.gather(self.fc(x), 1, idx))
+
+
+class Float64Branch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        wide = x.double()
+        return self.fc(x), torch.relu(wide * 3.0 + wide).sum(dim=1)
+
+
+class IntArithmetic(nn.Module):
+    """Integer tensors through ops NeutronQuantizer annotates for float32 (add, mul, cat), and shape arithmetic."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        y = self.fc(x)
+        rows = y.shape[0] * y.shape[1] // 4
+        return y.reshape(rows, 4), torch.cat([idx, idx * 2 + idx]), torch.arange(y.shape[1]) * 2
+
+
+NON_FLOAT_CASES = [
+    (Embedding(), (torch.randn(3, 8), torch.tensor([1, 2, 7])), "aten.embedding.default"),
+    (IndexSelect(), (torch.randn(5, 8), torch.tensor([0, 3])), "aten.index_select.default"),
+    (MaskedFill(), (torch.randn(2, 8), torch.rand(2, 8, generator=torch.Generator().manual_seed(0)) > 0.5),
+     "aten.where.self"),
+    (Gather(), (torch.randn(2, 8), torch.randint(0, 8, (2, 8), generator=torch.Generator().manual_seed(0))),
+     "aten.gather.default"),
+    (Float64Branch(), (torch.randn(2, 8),), "aten.sum.dim_IntList"),
+    (IntArithmetic(), (torch.randn(2, 8), torch.tensor([1, 2])), "aten.cat.default"),
+]
+
+
+def _lower_and_run(gm: GraphModule, inputs: tuple[torch.Tensor, ...], path: Path, dynamic_shapes: object = None):
+    """Lowers `gm` with NeutronPartitioner, writes and runs the .pte on the host; returns (report, outputs)."""
+    import executorch.kernels.quantized  # noqa: F401  (out-variants of quantize/dequantize for to_executorch)
+    from executorch.exir import to_edge_transform_and_lower
+
+    from neutron_backend.compile_spec import generate_neutron_compile_spec
+    from neutron_backend.partitioner import NeutronPartitioner
+    from neutron_backend.runtime import load_pte
+
+    partitioner = NeutronPartitioner(generate_neutron_compile_spec("imxrt700"))
+    exported = torch.export.export(gm, inputs, dynamic_shapes=dynamic_shapes)
+    edge = to_edge_transform_and_lower(exported, partitioner=[partitioner])
+    path.write_bytes(edge.to_executorch().buffer)
+    return partitioner.report, load_pte(path)(*inputs)
+
+
+def _assert_matches_reference(gm: GraphModule, inputs: tuple[torch.Tensor, ...], got: tuple[torch.Tensor, ...]) -> None:
+    """Outputs dequantized from int8 within one output step of the quantized reference; other float outputs
+    (computed on the CPU, in another summation order) within torch's default tolerance for their dtype; integer
+    outputs exact."""
+    want = gm(*inputs)
+    want = want if isinstance(want, tuple) else (want,)
+    producers = gm.graph.output_node().args[0]
+    producers = producers if isinstance(producers, (tuple, list)) else (producers,)
+    assert len(got) == len(want) == len(producers)
+    for produced_by, g, w in zip(producers, got, want, strict=True):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        if produced_by.target == DQ_PER_TENSOR:
+            scale = _per_tensor_qparams(produced_by)[0]
+            assert (g - w).abs().max().item() / scale <= 1.0 + 1e-4
+        elif g.is_floating_point():
+            torch.testing.assert_close(g, w)
+        else:
+            assert torch.equal(g, w), produced_by
+
+
+@pytest.mark.parametrize(("model", "inputs", "cpu_target"), NON_FLOAT_CASES,
+                         ids=["embedding", "index_select", "masked_fill", "gather", "float64", "int_arithmetic"])
+def test_non_float32_values_stay_float_and_the_model_lowers(
+    model: nn.Module, inputs: tuple[torch.Tensor, ...], cpu_target: str, tmp_path: Path
+) -> None:
+    gm = _quantize(model, inputs)
+    for node in gm.graph.nodes:
+        if node.target in QDQ_TARGETS and node.target in (Q_PER_TENSOR, qd.quantize_per_channel.default):
+            assert node.args[0].meta["val"].dtype == torch.float32, node.format_node()
+
+    report, got = _lower_and_run(gm, inputs, tmp_path / "model.pte")
+    # The float32 linear layers run on the NPU; the index/float64/integer parts stay on the CPU.
+    linears = [e for e in report.nodes if e.target == "aten.addmm.default"]
+    assert linears and all(e.delegated for e in linears), str(report)
+    cpu_nodes = [e for e in report.nodes if e.target == cpu_target]
+    assert cpu_nodes and not any(e.delegated for e in cpu_nodes), str(report)
+    _assert_matches_reference(gm, inputs, got)
+
+
+def test_shape_arithmetic_with_dynamic_batch_exports_and_lowers(tmp_path: Path) -> None:
+    """SymInt arithmetic on a dynamic batch is never annotated; Neutron runs static shapes only, so the whole model
+    stays on the CPU, and it still lowers and runs."""
+    model, inputs = IntArithmetic().eval(), (torch.randn(3, 8), torch.tensor([1, 2]))
+    dynamic_shapes = ({0: torch.export.Dim("batch", min=1, max=16)}, None)
+    exported = torch.export.export(model, inputs, dynamic_shapes=dynamic_shapes)
+    assert any(n.target == aten.sym_size.int for n in exported.graph.nodes)
+    prepared = prepare_pt2e(exported.module(), NeutronQuantizer("imxrt700"))
+    calibrate(prepared, [inputs, (torch.randn(5, 8), torch.tensor([3, 4]))], progress=False)
+    gm = convert_pt2e(prepared)
+
+    report, got = _lower_and_run(gm, inputs, tmp_path / "dynamic.pte", dynamic_shapes)
+    assert report.num_partitions == 0
+    _assert_matches_reference(gm, inputs, got)
 
 
 class TwoLinears(nn.Module):
@@ -497,6 +722,56 @@ def test_calibrate_counts_batches_and_rejects_empty_data() -> None:
         calibrate(prepared, [], progress=False)
     with pytest.raises(ValueError, match="calibration data is empty"):
         calibrate(prepared, iter([]), progress=False)
+
+
+def test_random_batches_draw_float_tensors_and_keep_everything_else() -> None:
+    indices = (torch.tensor([0, 2]), torch.tensor([1, 1]))
+    mask = torch.tensor([True, False])
+    example = (torch.zeros(2, 3), indices, mask, 1.5)
+    first, second = random_batches(example, 2, seed=3)
+    assert first[0].shape == (2, 3) and first[0].dtype == torch.float32
+    assert not torch.equal(first[0], second[0]) and first[0].abs().sum() > 0
+    # Nested index tensors (e.g. index_put's tuple), masks and scalars are passed through as given.
+    assert first[1][0] is indices[0] and first[1][1] is indices[1]
+    assert first[2] is mask and first[3] == 1.5
+    torch.testing.assert_close(random_batches(example, 2, seed=3)[1][0], second[0], rtol=0, atol=0)
+
+
+def _observer_of(prepared: GraphModule, node: Node) -> nn.Module:
+    assert node.op == "call_module", node.format_node()
+    return getattr(prepared, node.target)
+
+
+def test_observers_histogram_for_activations_minmax_for_weights_fake_quantizers_for_qat() -> None:
+    from torchao.quantization.pt2e import (
+        FakeQuantize,
+        HistogramObserver,
+        MinMaxObserver,
+        MovingAverageMinMaxObserver,
+        MovingAveragePerChannelMinMaxObserver,
+        PerChannelMinMaxObserver,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 4))
+    inputs = (torch.randn(1, 3, 8, 8),)
+    prepared = prepare_pt2e(torch.export.export(model.eval(), inputs).module(), NeutronQuantizer("imxrt700"))
+    conv, linear = _only(prepared, aten.conv2d.default), _only(prepared, aten.linear.default)
+    assert type(_observer_of(prepared, conv.args[0])) is HistogramObserver
+    assert type(_observer_of(prepared, linear.args[0])) is HistogramObserver
+    conv_weight = _observer_of(prepared, conv.args[1])
+    assert type(conv_weight) is PerChannelMinMaxObserver and conv_weight.ch_axis == 0
+    assert type(_observer_of(prepared, linear.args[1])) is MinMaxObserver
+
+    prepared = prepare_qat_pt2e(torch.export.export(model.train(), inputs).module(),
+                                NeutronQuantizer("imxrt700", is_qat=True))
+    conv, linear = _only(prepared, aten.conv2d.default), _only(prepared, aten.linear.default)
+    for node, observer_type in ((conv.args[0], MovingAverageMinMaxObserver),
+                                (conv.args[1], MovingAveragePerChannelMinMaxObserver),
+                                (linear.args[1], MovingAverageMinMaxObserver)):
+        fake_quantize = _observer_of(prepared, node)
+        assert type(fake_quantize) is FakeQuantize
+        assert type(fake_quantize.activation_post_process) is observer_type
 
 
 def test_quantize_model_warns_without_calibration_data(caplog: pytest.LogCaptureFixture) -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch.fx import GraphModule
+from torch.utils._pytree import tree_map
 from torchao.quantization.pt2e import move_exported_model_to_eval
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e, prepare_qat_pt2e
 from tqdm import tqdm
@@ -53,18 +55,19 @@ def calibrate(prepared_module: torch.nn.Module, batches: Iterable[Batch], progre
 
 
 def random_batches(
-    example_inputs: tuple[torch.Tensor, ...], count: int = DEFAULT_RANDOM_BATCHES, seed: int = 0
-) -> list[tuple[torch.Tensor, ...]]:
-    """Returns `count` seeded batches shaped like `example_inputs`: float inputs drawn from N(0, 1), other
-    inputs (indices) reused as given, since their valid range is unknown."""
+    example_inputs: tuple[Any, ...], count: int = DEFAULT_RANDOM_BATCHES, seed: int = 0
+) -> list[tuple[Any, ...]]:
+    """Returns `count` seeded batches shaped like `example_inputs`: float tensors drawn from N(0, 1), anything else
+    (indices, masks, scalars) reused as given, since its valid range is unknown. Inputs may nest tensors in
+    tuples, lists and dicts (e.g. index_put's tuple of indices)."""
     generator = torch.Generator().manual_seed(seed)
-    return [
-        tuple(
-            torch.randn(x.shape, generator=generator, dtype=x.dtype) if x.is_floating_point() else x
-            for x in example_inputs
-        )
-        for _ in range(count)
-    ]
+
+    def draw(value: Any) -> Any:
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            return torch.randn(value.shape, generator=generator, dtype=value.dtype)
+        return value
+
+    return [tuple(tree_map(draw, tuple(example_inputs))) for _ in range(count)]
 
 
 def quantize_model(
