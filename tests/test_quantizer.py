@@ -724,6 +724,20 @@ def test_calibrate_counts_batches_and_rejects_empty_data() -> None:
         calibrate(prepared, iter([]), progress=False)
 
 
+def test_calibrate_shows_a_progress_bar_on_request(capsys: pytest.CaptureFixture[str]) -> None:
+    prepared = prepare_pt2e(
+        torch.export.export(Add(), (torch.randn(2), torch.randn(2))).module(), NeutronQuantizer("imxrt700")
+    )
+    batches = [(torch.randn(2), torch.randn(2))] * 3
+    calibrate(prepared, batches, progress=True)
+    bar = capsys.readouterr().err
+    assert "calibrating: 100%" in bar and "3/3" in bar
+    assert calibrate(prepared, iter(batches), progress=True) == 3  # a generator: no total, batches counted
+    assert "calibrating: 3batch" in capsys.readouterr().err
+    calibrate(prepared, batches, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_random_batches_draw_float_tensors_and_keep_everything_else() -> None:
     indices = (torch.tensor([0, 2]), torch.tensor([1, 1]))
     mask = torch.tensor([True, False])
