@@ -229,6 +229,14 @@ def test_bmm_inputs_are_symmetric_from_their_producers() -> None:
     assert _requantizations(quantized) == []
 
 
+def test_a_fixed_output_without_a_zero_point_0_form_is_requantized_for_bmm() -> None:
+    """sigmoid's LOGISTIC produces only (1/256, -128): bmm's symmetric input then needs one requantization."""
+    quantized = _quantized(Fn(lambda a, b: torch.bmm(torch.sigmoid(a), b)), (2, 4, 8), (2, 8, 5))
+    (sigmoid,) = [n for n in quantized.graph.nodes if n.target == torch.ops.aten.sigmoid.default]
+    assert _output_qparams(sigmoid) == (1 / 256, -128)
+    assert len(_requantizations(quantized)) == 1
+
+
 def test_inputs_that_accept_any_qparams_share_a_fixed_producer_output() -> None:
     """x * softmax(x): mul takes the softmax output at its fixed (1/256, -128) rather than requantizing it."""
     quantized = _quantized(Fn(lambda x: x * torch.softmax(x, dim=-1)), (4, 10))

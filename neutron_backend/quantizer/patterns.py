@@ -250,10 +250,14 @@ class Clamp:
 
 @dataclass(frozen=True)
 class FixedOutput:
-    """softmax, sigmoid, tanh: input observed, output with the fixed qparams the NPU kernel produces."""
+    """softmax, sigmoid, tanh: input observed, output with the fixed qparams the NPU kernel produces.
+
+    `zero_point_0_scale`: the scale of the same range at zero point 0, when the operator's lowering can produce it
+    (softmax: 1/128), for consumers that need zero point 0 (see settle_input_specs)."""
 
     scale: float
     zero_point: int
+    zero_point_0_scale: float | None = None
 
     def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
         x = node.args[0]
@@ -380,7 +384,7 @@ PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
     # Eval-mode dropout (e.g. before a classifier) is exported as aten.dropout and becomes a clone in edge.
     aten.dropout.default: _SHARED,
     aten.cat.default: SharedAll(),
-    aten.softmax.int: FixedOutput(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT),
+    aten.softmax.int: FixedOutput(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, zero_point_0_scale=2 * SOFTMAX_SCALE),
 }
 
 
@@ -426,16 +430,18 @@ def _output_spec(node: Node) -> QuantizationSpecBase | None:
     return spec
 
 
-def _symmetric_form(spec: QuantizationSpecBase, required: QuantizationSpec) -> QuantizationSpecBase | None:
-    """A spec with zero point 0 that can replace a producer's output spec `spec`, or None when there is none."""
+def _symmetric_form(producer: Node, spec: QuantizationSpecBase,
+                    required: QuantizationSpec) -> QuantizationSpecBase | None:
+    """A spec with zero point 0 that can replace `producer`'s output spec `spec`, or None when there is none."""
     if _same_qparams(spec, required):
         return spec
     if isinstance(spec, FixedQParamsQuantizationSpec):
         if spec.zero_point == 0:
             return spec
-        if spec.quant_min is not None and spec.zero_point == spec.quant_min:
-            # A non-negative fixed range such as softmax's [0, 1) at (1/256, -128): the same range at (1/128, 0).
-            return dataclasses.replace(spec, scale=2 * spec.scale, zero_point=0)
+        kind = PATTERNS.get(producer.target)
+        if isinstance(kind, FixedOutput) and kind.zero_point_0_scale is not None:
+            # softmax's [0, 1) at (1/256, -128) -> the same range at (1/128, 0).
+            return dataclasses.replace(spec, scale=kind.zero_point_0_scale, zero_point=0)
         return None
     if isinstance(spec, QuantizationSpec) and spec.qscheme == torch.per_tensor_affine:
         return required
@@ -454,7 +460,7 @@ def _require_at_producer(consumer: Node, arg: Node) -> int:
     annotation = _annotation(producer)
     spec = required
     if annotation is not None and annotation.output_qspec is not None:
-        spec = _symmetric_form(annotation.output_qspec, required)
+        spec = _symmetric_form(producer, annotation.output_qspec, required)
         if spec is None:
             return 0
         annotation.output_qspec = spec
@@ -468,7 +474,8 @@ def settle_input_specs(model: GraphModule, config_of: ConfigOf) -> int:
     partitions) out from between annotated operators.
 
     1. An input requirement (bmm's zero point 0) is met by the producer: its output spec, and the specs along the
-       data movement in between, become the required form (softmax's fixed output moves to (1/128, 0)).
+       data movement in between, become the required form (softmax's fixed output moves to (1/128, 0); other
+       fixed outputs keep theirs and a requantization remains).
     2. An input that accepts any qparams (a plain activation spec, except for cat/maximum/minimum, whose inputs
        are observed together) shares its producer's output qparams whenever these differ from a plain activation
        spec (fixed softmax/sigmoid outputs, symmetric outputs from step 1).
