@@ -93,6 +93,19 @@ class SqueezeExcitation(nn.Module):
         return y * gate
 
 
+class LinearSqueezeExcitation(SqueezeExcitation):
+    """The SE gate from linear layers: mean over H, W -> linear -> relu -> linear -> hardsigmoid -> [1, C, 1, 1]."""
+
+    def __init__(self, channels: int = 16, reduced: int = 4) -> None:
+        super().__init__(channels, reduced)
+        self.reduce, self.expand = nn.Linear(channels, reduced), nn.Linear(reduced, channels)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        gate = nn.functional.hardsigmoid(self.expand(torch.relu(self.reduce(y.mean((2, 3))))))
+        return y * gate.view(1, -1, 1, 1)
+
+
 class Attention(nn.Module):
     """Single-head self-attention over x [B, T, F]: linear q/k/v -> bmm -> scale -> softmax -> bmm."""
 
@@ -170,10 +183,14 @@ def _requantizations(quantized: GraphModule) -> list[tuple[Node, Node]]:
             for q in dq.users if q.target == qd.quantize_per_tensor.default]
 
 
-def test_squeeze_excitation_is_one_partition_without_requantization(tmp_path: Path, record_property) -> None:
+@pytest.mark.parametrize(("factory", "targets"), [(SqueezeExcitation, (CONV, MEAN, SIGMOID, MUL)),
+                                                  (LinearSqueezeExcitation, (CONV, MEAN, ADDMM, VIEW, MUL))],
+                         ids=["conv-gate", "linear-gate"])
+def test_squeeze_excitation_is_one_partition_without_requantization(factory, targets, tmp_path: Path,
+                                                                    record_property) -> None:
     torch.manual_seed(0)
-    lowered = check_case("squeeze_excitation", SqueezeExcitation(), (IMAGE,), (CONV, MEAN, SIGMOID, MUL), tmp_path,
-                         record_property, max_error_steps=1.0)
+    lowered = check_case("squeeze_excitation", factory(), (IMAGE,), targets, tmp_path, record_property,
+                         max_error_steps=1.0)
     assert _requantizations(lowered.quantized) == []
 
 
