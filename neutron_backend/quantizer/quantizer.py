@@ -56,6 +56,42 @@ def _conv_out_channels(conv: Node) -> int:
     return int(weight_shape[1]) * int(groups)
 
 
+# aten.batch_norm(input, weight, bias, running_mean, running_var, training, momentum, eps, cudnn_enabled)
+_RUNNING_MEAN_ARG, _MOMENTUM_ARG = 3, 6
+
+
+def drop_batch_norm_counter_updates(model: GraphModule) -> int:
+    """Removes the `num_batches_tracked += 1` of every batchnorm with a momentum, in place.
+
+    With a momentum the counter is never read (it only replaces the momentum when that is None), but convert_pt2e
+    removes the update only for BatchNorm2d: a BatchNorm1d's would stay in the converted model as a buffer mutation
+    on the CPU. Returns the number of updates removed.
+    """
+    unread_counters = set()
+    for node in model.graph.nodes:
+        if node.op != "call_function" or node.target != torch.ops.aten.batch_norm.default:
+            continue
+        running_mean = node.args[_RUNNING_MEAN_ARG] if len(node.args) > _RUNNING_MEAN_ARG else None
+        momentum = node.args[_MOMENTUM_ARG] if len(node.args) > _MOMENTUM_ARG else node.kwargs.get("momentum")
+        if isinstance(running_mean, Node) and running_mean.op == "get_attr" and momentum is not None:
+            unread_counters.add(running_mean.target.removesuffix("running_mean") + "num_batches_tracked")
+    removed = 0
+    for node in list(model.graph.nodes):
+        counter = node.args[0] if node.op == "call_function" and node.args else None
+        if (
+            node.target == torch.ops.aten.add_.Tensor
+            and isinstance(counter, Node)
+            and counter.op == "get_attr"
+            and counter.target in unread_counters
+            and not node.users
+        ):
+            model.graph.erase_node(node)
+            removed += 1
+    if removed:
+        model.recompile()
+    return removed
+
+
 def add_zero_bias_before_batch_norm(model: GraphModule) -> int:
     """Gives every biasless convolution that feeds a batchnorm a zero float32 bias, in place.
 
@@ -175,12 +211,14 @@ class NeutronQuantizer(Quantizer):
 
     def transform_for_annotation(self, model: GraphModule) -> GraphModule:
         """Runs the rewrites of `neutron_backend.passes` (called by prepare_pt2e/prepare_qat_pt2e before
-        annotation) and, for QAT, `add_zero_bias_before_batch_norm`. Returns `model`, rewritten in place."""
+        annotation) and, for QAT, `add_zero_bias_before_batch_norm` and `drop_batch_norm_counter_updates`. Returns
+        `model`, rewritten in place."""
         from neutron_backend.passes import run_all
 
         run_all(model)
         if self.is_qat:
             add_zero_bias_before_batch_norm(model)
+            drop_batch_norm_counter_updates(model)
         return model
 
     def annotate(self, model: GraphModule) -> GraphModule:
