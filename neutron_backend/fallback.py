@@ -86,10 +86,10 @@ def _real_value(program: ExportedProgram, key: str, values: Mapping[str, torch.T
     return known
 
 
-def partition_program(program: ExportedProgram, nodes: Sequence[Node],
-                      values: Mapping[str, torch.Tensor]) -> tuple[PartitionProgram, bool]:
-    """The partition made of `nodes` (in graph order) as a stand-alone program, and whether every constant in it
-    has its real value (False: some are stand-ins)."""
+def partition_program(program: ExportedProgram, nodes: Sequence[Node], values: Mapping[str, torch.Tensor],
+                      position: Mapping[Node, int]) -> tuple[PartitionProgram, bool]:
+    """The partition made of `nodes` (in graph order; `position` numbers the program's nodes) as a stand-alone
+    program, and whether every constant in it has its real value (False: some are stand-ins)."""
     signature = program.graph_signature
     kinds = (signature.inputs_to_parameters, signature.inputs_to_buffers, signature.inputs_to_lifted_tensor_constants)
     members = set(nodes)
@@ -105,13 +105,16 @@ def partition_program(program: ExportedProgram, nodes: Sequence[Node],
     user_inputs: list[str] = []
     state_dict: dict[str, torch.Tensor] = {}
     exact = True
-    # ExecuTorch's submodule lists constants first, then the runtime inputs in order of first use.
-    is_constant = {s: s.op == "placeholder" and any(s.name in kind for kind in kinds) for s in external}
-    for source in [s for s in external if is_constant[s]] + [s for s in external if not is_constant[s]]:
+    # As ExecuTorch's submodule: parameters, buffers, then lifted constants, each in graph order, then the runtime
+    # inputs in order of first use.
+    kind_of = {s: next((i for i, k in enumerate(kinds) if s.name in k), None) if s.op == "placeholder" else None
+               for s in external}
+    constants = sorted((s for s in external if kind_of[s] is not None), key=lambda s: (kind_of[s], position[s]))
+    for source in constants + [s for s in external if kind_of[s] is None]:
         placeholder = graph.placeholder(source.name, type_expr=source.type)
         placeholder.meta = dict(source.meta)
         copies[source] = placeholder
-        kind = next((i for i, k in enumerate(kinds) if source.name in k), None)
+        kind = kind_of[source]
         if kind is None:
             user_inputs.append(placeholder.name)
             continue
@@ -131,11 +134,11 @@ def partition_program(program: ExportedProgram, nodes: Sequence[Node],
 
 
 def try_partition(program: ExportedProgram, nodes: Sequence[Node], options: NeutronCompileOptions,
-                  values: Mapping[str, torch.Tensor]) -> ConversionFailure | None:
+                  values: Mapping[str, torch.Tensor], position: Mapping[Node, int]) -> ConversionFailure | None:
     """Lowers (and converts, with a flavor) the partition made of `nodes`; None when it converts, else why not."""
     from neutron_backend.backend import process_partition
 
-    view, exact = partition_program(program, nodes, values)
+    view, exact = partition_program(program, nodes, values, position)
     if not exact:
         # Stand-in values: this result is not the real one, so nothing the user would look at is written.
         options = dataclasses.replace(options, intermediates_dir=None, dump_kernel_selection_code=False)

@@ -353,7 +353,7 @@ class NeutronPartitioner(Partitioner):
                 if key in converted:
                     continue
                 nodes = sorted(partition.nodes, key=position.__getitem__)
-                failure = try_partition(program, nodes, self.compile_options, values)
+                failure = try_partition(program, nodes, self.compile_options, values, position)
                 if failure is None:
                     converted.add(key)
                     continue

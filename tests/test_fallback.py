@@ -151,7 +151,8 @@ def test_converter_failure_sends_the_partition_to_the_cpu(fake_converter: None, 
     assert report.num_partitions == 0
     for entry in _conv_entries(report):
         assert entry.reason.startswith("converting it for Neutron failed: ConversionError: ") and reason in entry.reason
-    (warning,) = [r.getMessage() for r in caplog.records if r.name == "neutron_backend.partitioner"]
+    (warning,) = [r.getMessage() for r in caplog.records
+                  if r.name == "neutron_backend.partitioner" and "could not be converted" in r.getMessage()]
     for name in ("aten_convolution_default", "aten_convolution_default_1", "aten_convolution_default_2"):
         assert f"'{name}' (aten.convolution.default)" in warning
     assert f"neutron_converter_{flavor}" in warning
@@ -172,3 +173,33 @@ def test_partition_is_converted_once(fake_converter: None, tmp_path: Path, monke
     edge, report = _lower_with_flavor("SDK_25_06", tmp_path)
     assert report.num_partitions == 1 and len(calls) == 1
     assert "call_delegate" in str(edge.exported_program().graph)
+
+
+def test_each_partition_is_lowered_once_and_models_do_not_share_results(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    """preprocess takes the trial conversion's result for the same program, and only for the same program: two
+    models with the same graph (same node names) but different weights each get their own payload."""
+    from neutron_backend import backend
+
+    lowered_programs: list[str] = []
+    original = backend._process
+
+    def counting(program, options):
+        lowered_programs.append(type(program).__name__)
+        return original(program, options)
+
+    monkeypatch.setattr(backend, "_process", counting)
+    _fail_on(monkeypatch, "aten_convolution_default_1", RuntimeError("kernel table overflow"))
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        model = ConvChain()
+        with torch.no_grad():
+            for conv in model.convs:
+                conv.weight.mul_(seed)
+        lowered_programs.clear()
+        (tmp_path / str(seed)).mkdir()
+        lowered = lower(model, EXAMPLE, tmp_path / str(seed))
+        # Two partitions, each lowered once (by the partitioner's trial), plus the trial of the first proposal.
+        assert lowered.report.num_partitions == 2
+        assert lowered_programs == ["PartitionProgram"] * 3
+        _assert_matches_reference(lowered)
