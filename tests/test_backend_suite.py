@@ -1,0 +1,74 @@
+"""A bounded subset of ExecuTorch's backend operator test suite through our int8 flow (tests/neutron_suite_flow.py);
+bench/backend_suite.py runs every case.
+
+Each case must end as a delegated success, an undelegated success or a clean skip, as listed below; a delegated
+case's .pte must be within one output quantization step of the quantized model (these cases are one operator).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from neutron_suite_flow import FLOW_NAME, RESULTS_ENV, SUITE_DIR, read_results
+
+TESTS_DIR = Path(__file__).parent
+MAX_ERROR_STEPS = 1.0
+
+# (operator test file, case) -> the outcome it must have.
+CASES = {
+    ("test_conv2d.py", "test_conv2d_basic"): "delegated",
+    ("test_conv2d.py", "test_conv2d_groups"): "delegated",
+    ("test_convtranspose2d.py", "test_convtranspose2d_no_bias"): "delegated",
+    ("test_add.py", "test_add_f32_bcast_first"): "delegated",
+    ("test_mul.py", "test_multiply_f32_bcast_second"): "delegated",
+    ("test_sigmoid.py", "test_sigmoid_f32_multi_dim"): "delegated",
+    ("test_tanh.py", "test_tanh_f32_multi_dim"): "delegated",
+    ("test_silu.py", "test_silu_f32_multi_dim"): "delegated",
+    ("test_prelu.py", "test_prelu_dtype"): "delegated",
+    ("test_hardtanh.py", "test_hardtanh_f32_custom_range"): "delegated",
+    ("test_mean.py", "test_mean_basic"): "delegated",
+    ("test_upsample_nearest2d.py", "test_upsample_nearest2d_dtype"): "delegated",
+    # Float-only operators, and ones NeutronQuantizer leaves in float: nothing to delegate.
+    ("test_div.py", "test_divide_f32_bcast_first"): "undelegated",
+    ("test_round.py", "test_round_dtype"): "undelegated",
+    # A lone data-movement operator is not worth a delegate call.
+    ("test_permute.py", "test_permute_dtype"): "undelegated",
+    # The suite's own skip (NaN and Inf inputs).
+    ("test_abs.py", "test_abs_edge_cases"): "skipped",
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict]:
+    results = tmp_path_factory.mktemp("suite") / "results.jsonl"
+    files = sorted({file for file, _ in CASES})
+    selection = " or ".join(sorted({case for _, case in CASES}))
+    command = [sys.executable, "-m", "pytest", "-c", os.devnull, "--rootdir", str(SUITE_DIR), "-p",
+               "neutron_suite_flow", "-p", "no:cacheprovider", "-q", "-W", "ignore", "-k", selection,
+               *(str(SUITE_DIR / "operators" / file) for file in files)]
+    env = dict(os.environ, **{RESULTS_ENV: str(results)},
+               PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])))
+    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    assert results.exists(), f"the suite wrote no results:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    found = {}
+    for record in read_results(results):
+        assert FLOW_NAME in record["case"], record["case"]
+        found[(record["file"], record["case"].split("[")[0])] = record
+    return found
+
+
+@pytest.mark.parametrize(("file", "case"), sorted(CASES), ids=[case for _, case in sorted(CASES)])
+def test_suite_case_outcome(outcomes: dict[tuple[str, str], dict], file: str, case: str) -> None:
+    record = outcomes.get((file, case))
+    assert record is not None, f"{file}::{case} did not run"
+    details = [(s["result"], s["error"][:500]) for s in record["subtests"]] or record["error"][:500]
+    assert record["status"] == CASES[(file, case)], details
+    for subtest in record["subtests"]:
+        if subtest["result"] == "SUCCESS":
+            steps = subtest["error_steps"]
+            assert steps and None not in steps, f"no output scale to measure the error in steps: {subtest}"
+            assert max(steps) <= MAX_ERROR_STEPS, subtest
