@@ -13,7 +13,7 @@ reference's margin between its class and the .pte's (a near-tie when it is withi
 Writes bench/results/zoo.{json,md}.
 
     python bench/zoo.py                              # every model, 100 inputs
-    python bench/zoo.py --models resnet8 ds_cnn --inputs 20
+    python bench/zoo.py --models resnet8 ds_cnn --inputs 20 --threads 2
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def write(rows: list[dict], command: str, info: dict) -> None:
         float_agreement = (f"{_percent(r['top1_agreement_with_float'])} / "
                            f"{_percent(r['reference_top1_agreement_with_float'])}" if r["classifier"] else "-")
         margins = ", ".join(f"{m:g}" for m in r.get("disagreement_margins_steps", [])) or "-"
-        cpu_nodes = "; ".join(n.split(":")[0] for n in r["cpu_nodes"]) or "-"
+        cpu_nodes = ", ".join(n.split(" (")[1].split(")")[0].split(".")[-2] for n in r["cpu_nodes"]) or "-"
         lines.append(f"| {r['model']} | {r['params']:,} | {r['pte_bytes']:,} | {r['compile_wall_s']:.0f} | "
                      f"{float_agreement} | {margins} | {cpu_nodes} |")
     lines += ["", "Models:", ""]
@@ -196,7 +196,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=list_models(), choices=list_models())
     parser.add_argument("--inputs", type=int, default=100, help="seeded random inputs per model")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (batch-1 models gain nothing from more, and on a busy machine "
+                             "thread wake-ups slow torch ops down by up to 100x)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     command = "python " + " ".join([os.path.relpath(__file__, Path.cwd()), *(argv or sys.argv[1:])])
     rows = [measure(name, args.inputs) for name in args.models]
     write(rows, command, machine())
