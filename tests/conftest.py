@@ -11,6 +11,10 @@ from neutron_backend.report import DelegationReport, NodeEntry
 
 CALIBRATION_BATCHES = 3
 
+# The test models are small: one intra-op thread avoids OpenMP spin-waits that make small ops orders of magnitude
+# slower when the cores are shared (measured on tests/test_models.py: 65 s with 1 thread, 6 min with 2 under load).
+torch.set_num_threads(1)
+
 
 def quantized_edge(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], target: str = "imxrt700",
                    calibration: Iterable[Sequence[torch.Tensor]] | None = None):

@@ -101,6 +101,25 @@ class Fn(nn.Module):
         return self.fn(*xs)
 
 
+def qdq(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
+    """`x` through an int8 quantize/dequantize pair with the given qparams, as convert_pt2e writes it."""
+    ops = torch.ops.quantized_decomposed
+    q = ops.quantize_per_tensor(x, scale, zero_point, -128, 127, torch.int8)
+    return ops.dequantize_per_tensor(q, scale, zero_point, -128, 127, torch.int8)
+
+
+class HandQuantized(nn.Module):
+    """`fn` between hand-written int8 quantize/dequantize pairs with the given (scale, zero point): graphs
+    NeutronQuantizer never produces, to test verdicts on qparams."""
+
+    def __init__(self, fn: Callable, in_qparams: tuple[float, int], out_qparams: tuple[float, int]) -> None:
+        super().__init__()
+        self.fn, self.in_qparams, self.out_qparams = fn, in_qparams, out_qparams
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return qdq(self.fn(qdq(x, *self.in_qparams)), *self.out_qparams)
+
+
 def assert_delegated(report: DelegationReport, targets: tuple[str, ...]) -> None:
     """One partition, every listed edge target present, and nothing but boundary Q/DQ left on the CPU."""
     assert report.num_partitions == 1, str(report)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import entry_for, partition_edge, partition_model
-from numerics import Fn, check_case, lower, sample_inputs
+from numerics import Fn, check_case, lower, qdq, sample_inputs
 from torch import nn
 from torch.fx import GraphModule, Node
 
@@ -300,11 +300,6 @@ def test_maximum_inputs_and_output_share_qparams() -> None:
 # -- verdicts with their reasons ---------------------------------------------------------------------------------
 
 
-def _qdq(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    q = qd.quantize_per_tensor(x, scale, zero_point, -128, 127, torch.int8)
-    return qd.dequantize_per_tensor(q, scale, zero_point, -128, 127, torch.int8)
-
-
 class _HandQuantized(nn.Module):
     """`fn` of two inputs quantized by hand with the given (scale, zero point) each, output at (0.05, 3): graphs
     NeutronQuantizer never produces."""
@@ -314,7 +309,7 @@ class _HandQuantized(nn.Module):
         self.fn, self.first, self.second = fn, first, second
 
     def forward(self, x, y):
-        return _qdq(self.fn(_qdq(x, *self.first), _qdq(y, *self.second)), 0.05, 3)
+        return qdq(self.fn(qdq(x, *self.first), qdq(y, *self.second)), 0.05, 3)
 
 
 def _hand_report(model: nn.Module, *shapes: tuple[int, ...]):

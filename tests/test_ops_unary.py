@@ -22,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import entry_for, partition_edge
-from numerics import Conv, Fn, Linear, check_case, sample_inputs
+from numerics import Conv, Fn, HandQuantized, Linear, check_case, qdq, sample_inputs
 from torch import nn
 
 from neutron_backend.compile_spec import generate_neutron_compile_spec
@@ -140,22 +140,6 @@ def test_unary_numerics(case: str, tmp_path: Path, record_property) -> None:
 # -- verdicts and reasons ----------------------------------------------------------------------------------------
 
 
-def _qdq(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    q = qd.quantize_per_tensor(x, scale, zero_point, -128, 127, torch.int8)
-    return qd.dequantize_per_tensor(q, scale, zero_point, -128, 127, torch.int8)
-
-
-class _HandQuantized(nn.Module):
-    """`fn` between hand-written int8 quantize/dequantize pairs with the given (scale, zero point)."""
-
-    def __init__(self, fn, in_qparams: tuple[float, int], out_qparams: tuple[float, int]) -> None:
-        super().__init__()
-        self.fn, self.in_qparams, self.out_qparams = fn, in_qparams, out_qparams
-
-    def forward(self, x):
-        return _qdq(self.fn(_qdq(x, *self.in_qparams)), *self.out_qparams)
-
-
 class _Branches(nn.Module):
     """Output i is fns[i](input i): the cases of one rule quantized and lowered once."""
 
@@ -212,8 +196,8 @@ def _check(cases: tuple[Case, ...], case: Case, hand_quantized: bool) -> None:
         assert entry.reason == case.reason
 
 
-def _hand(fn, in_qparams: tuple[float, int], out_qparams: tuple[float, int]) -> _HandQuantized:
-    return _HandQuantized(fn, in_qparams, out_qparams)
+def _hand(fn, in_qparams: tuple[float, int], out_qparams: tuple[float, int]) -> HandQuantized:
+    return HandQuantized(fn, in_qparams, out_qparams)
 
 
 _SIGMOID_NEEDS = "int8 sigmoid (LOGISTIC) needs scale 1/256 and zero point -128 (NeutronQuantizer fixes them)"
@@ -304,7 +288,7 @@ class _PreluPerChannelSlope(nn.Module):
 
     def forward(self, x):
         slope = qd.dequantize_per_channel(self.slope, self.scales, self.zero_points, 0, -127, 127, torch.int8)
-        return _qdq(F.prelu(_qdq(self.conv(x), 0.05, 0), slope), 0.04, -10)
+        return qdq(F.prelu(qdq(self.conv(x), 0.05, 0), slope), 0.04, -10)
 
 
 def test_prelu_per_channel_slope_is_rejected() -> None:

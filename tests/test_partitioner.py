@@ -20,6 +20,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import entry_for, partition_edge, partition_model, quantized_edge
+from numerics import HandQuantized, qdq
 from torch import nn
 
 from neutron_backend.delegation_options import CustomDelegationOptions
@@ -95,22 +96,6 @@ def _edge(model: nn.Module, inputs: tuple[torch.Tensor, ...]):
     return to_edge(torch.export.export(model.eval(), inputs)).exported_program()
 
 
-def _qdq(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    q = qd.quantize_per_tensor(x, scale, zero_point, -128, 127, torch.int8)
-    return qd.dequantize_per_tensor(q, scale, zero_point, -128, 127, torch.int8)
-
-
-class _ExplicitQDQ(nn.Module):
-    """`fn` between hand-written int8 quantize/dequantize pairs with the given (scale, zero point)."""
-
-    def __init__(self, fn, in_qparams: tuple[float, int], out_qparams: tuple[float, int]) -> None:
-        super().__init__()
-        self.fn, self.in_qparams, self.out_qparams = fn, in_qparams, out_qparams
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _qdq(self.fn(_qdq(x, *self.in_qparams)), *self.out_qparams)
-
-
 class _ExplicitAddmm(nn.Module):
     """torch.addmm(bias, x, weight.t(), beta=..., alpha=...) over int8 weights and an int32 bias, hand-quantized."""
 
@@ -124,8 +109,8 @@ class _ExplicitAddmm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = qd.dequantize_per_tensor(self.weight, 0.01, 0, -127, 127, torch.int8)
         bias = qd.dequantize_per_tensor(self.bias, 0.0002, 0, -(2**31), 2**31 - 1, torch.int32)
-        y = torch.addmm(bias, _qdq(x, 0.02, 0), weight.t(), beta=self.beta, alpha=self.alpha)
-        return _qdq(y, 0.05, 3)
+        y = torch.addmm(bias, qdq(x, 0.02, 0), weight.t(), beta=self.beta, alpha=self.alpha)
+        return qdq(y, 0.05, 3)
 
 
 def _conv(cin: int, cout: int, kernel, **kwargs) -> nn.Module:
@@ -327,8 +312,8 @@ def test_clamp_relu_form_is_delegated_through_the_quantizer(fn):
     _assert_delegated(report, CLAMP)
 
 
-def _hand(fn, out_qparams: tuple[float, int]) -> _ExplicitQDQ:
-    return _ExplicitQDQ(fn, (0.05, 0), out_qparams)
+def _hand(fn, out_qparams: tuple[float, int]) -> HandQuantized:
+    return HandQuantized(fn, (0.05, 0), out_qparams)
 
 
 def _not_relu_form(bounds: str) -> str:

@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 import torch
+from numerics import Fn
 from torch import nn
 from torch.fx import GraphModule
 
@@ -26,15 +27,6 @@ from neutron_backend.passes import (
 )
 
 aten = torch.ops.aten
-
-
-class Fn(nn.Module):
-    def __init__(self, fn: Callable) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def forward(self, *xs):
-        return self.fn(*xs)
 
 
 class WithConstant(nn.Module):

@@ -23,6 +23,7 @@ from executorch.exir import EdgeProgramManager, ExecutorchProgramManager, to_edg
 from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
 from executorch.exir.backend.partitioner import DelegationSpec, Partitioner, PartitionResult
 from executorch.exir.dialects._ops import ops as exir_ops
+from numerics import qdq
 
 from neutron_backend import payload as payload_module
 from neutron_backend.ir import IRBuilder
@@ -53,23 +54,17 @@ except ModuleNotFoundError as exc:
             raise NotImplementedError("patched by the tests")
 
 
-QD = torch.ops.quantized_decomposed
 EDGE_ADD = exir_ops.edge.aten.add.Tensor
 SHAPE = (1, 3, 4, 5)
 # (scale, zero point) of x, y and the sum; deliberately different so the ADD really requantizes.
 QPARAMS = ((0.02, 3), (0.03, -5), (0.04, 1))
 
 
-def _qdq(t: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
-    q = QD.quantize_per_tensor(t, scale, zero_point, -128, 127, torch.int8)
-    return QD.dequantize_per_tensor(q, scale, zero_point, -128, 127, torch.int8)
-
-
 class QuantizedAdd(torch.nn.Module):
     """What convert_pt2e makes of ``x + y``: Q/DQ around the inputs and the output."""
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return _qdq(_qdq(x, *QPARAMS[0]) + _qdq(y, *QPARAMS[1]), *QPARAMS[2])
+        return qdq(qdq(x, *QPARAMS[0]) + qdq(y, *QPARAMS[1]), *QPARAMS[2])
 
 
 class AddPartitioner(Partitioner):
@@ -201,8 +196,8 @@ class TwoQuantizedAdds(torch.nn.Module):
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x, y, z, w = args
-        first = _qdq(_qdq(x, *QPARAMS[0]) + _qdq(y, *QPARAMS[1]), *QPARAMS[2])
-        second = _qdq(_qdq(z, 0.05, 0) + _qdq(w, 0.01, 7), 0.03, -2)
+        first = qdq(qdq(x, *QPARAMS[0]) + qdq(y, *QPARAMS[1]), *QPARAMS[2])
+        second = qdq(qdq(z, 0.05, 0) + qdq(w, 0.01, 7), 0.03, -2)
         return first, second
 
 
