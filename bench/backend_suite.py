@@ -125,6 +125,9 @@ def main() -> None:
     parser.add_argument("-k", dest="selection", help="pytest -k expression selecting cases")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per case before it counts as failed")
     parser.add_argument("--output", default="backend_suite", help="results name under bench/results/")
+    parser.add_argument("--merge", action="store_true",
+                        help="replace the cases of this run in the existing results (e.g. --files test_lstm.py "
+                             "--timeout 1200 to rerun one file) instead of starting over")
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -135,10 +138,18 @@ def main() -> None:
 
         records = read_results(raw) if raw.exists() else []
     seconds = time.perf_counter() - started
+    command = "python " + " ".join(["bench/backend_suite.py", *sys.argv[1:]])
+    previous = RESULTS_DIR / f"{args.output}.json"
+    if args.merge and previous.exists():
+        earlier = json.loads(previous.read_text())
+        rerun = {(r["file"], r["case"]) for r in records}
+        records = [r for r in earlier["cases"] if (r["file"], r["case"]) not in rerun] + records
+        command = f"{earlier['command']}`, then `{command}"
+        seconds += earlier["seconds"]
     summary = summarize(records)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / f"{args.output}.json").write_text(json.dumps({"summary": summary, "cases": records}, indent=1))
-    command = "python " + " ".join(["bench/backend_suite.py", *sys.argv[1:]])
+    previous.write_text(json.dumps({"summary": summary, "command": command, "seconds": seconds, "cases": records},
+                                   indent=1))
     write_markdown(summary, records, command, seconds, RESULTS_DIR / f"{args.output}.md")
     print(json.dumps({"cases": summary["cases"], "subtests": summary["subtests"]}, indent=1))
 
