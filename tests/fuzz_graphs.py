@@ -119,7 +119,7 @@ for _name, _function, _count, _fixed in [
     ("aten.relu.default", torch.relu, 1, None),
     ("aten.hardswish.default", F.hardswish, 1, None),
     ("aten.hardsigmoid.default", F.hardsigmoid, 1, 1 / 256),
-    ("aten.silu.default", F.silu, 1, None),
+    ("aten.silu.default", F.silu, 2, None),  # LOGISTIC then MUL
     ("aten.clone.default", torch.clone, 0, None),
     # Positive inputs: the abs and the add are operators of their own.
     ("aten.log.default", lambda x: torch.log(x.abs() + 1.0), 3, None),
