@@ -348,7 +348,7 @@ def write(result: dict) -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     (RESULTS_DIR / "lowering.json").write_text(json.dumps(result, indent=2) + "\n")
     info = result["machine"]
-    lines = ["# Lowering speed", "", __doc__.split("\n\n")[0].split("\n", 1)[1].strip(), "",
+    lines = ["# Lowering speed", "", __doc__.split("\n\n", 1)[1].split("\n\n    python")[0].strip(), "",
              f"Command: `{result['command']}`", "",
              f"Machine: {info['nproc']} CPUs (shared; load average {info['load_average']} at the end), Python "
              f"{info['python']}, torch {info['torch']}, executorch {info['executorch']}, {info['platform']}; "

@@ -34,9 +34,12 @@ class VerifyResult:
 
     Errors are ``|pte - reference|`` over every element of every output; "steps" divide them by the output's
     quantization scale (``max_error_steps`` rounded to 4 decimals, absorbing float32 rounding). Top-1 figures
-    are fractions in [0, 1] over samples: every batch item (first dim) of the first output, ranked by argmax over
-    its remaining elements. Accuracies are only set when labels were given, the float-model figures only when a
-    float model was.
+    are fractions in [0, 1] over samples: every batch item (first dim) of the first output, ranked over its
+    remaining elements. Two outputs agree on a sample when their top-1 classes can be the same: with int8 outputs
+    several classes often share the maximum quantized logit, and any class of such a tie is a valid top-1 (argmax
+    would pick the first by index, an arbitrary choice). Accuracies count a labelled sample as correct only when
+    the label is the single top-1 class. Accuracies are only set when labels were given, the float-model figures
+    only when a float model was.
     """
 
     num_samples: int
@@ -177,9 +180,21 @@ def _load(pte_path_or_program: Any) -> Callable[..., tuple[torch.Tensor, ...]]:
 
 
 def _top1(output: torch.Tensor) -> torch.Tensor:
-    """Argmax per batch item (first dim) over the remaining elements."""
+    """Per batch item (first dim), a mask over the remaining elements of those holding its maximum (several
+    when the maximum is tied)."""
     flat = output.reshape(1, -1) if output.dim() < 2 else output.reshape(output.shape[0], -1)
-    return flat.argmax(dim=1)
+    return flat == flat.max(dim=1, keepdim=True).values
+
+
+def _agreement(first: torch.Tensor, second: torch.Tensor) -> float:
+    """The fraction of batch items whose top-1 masks share a class."""
+    return (first & second).any(dim=1).double().mean().item()
+
+
+def _correct(top1: torch.Tensor, targets: torch.Tensor) -> float:
+    """The fraction of batch items whose single top-1 class is its target (a tie including it is not correct)."""
+    hit = top1.gather(1, targets.reshape(-1, 1)).squeeze(1) & (top1.sum(dim=1) == 1)
+    return hit.double().mean().item()
 
 
 def verify(
@@ -255,32 +270,32 @@ def verify(
     if num_samples == 0:
         raise ValueError("verify() needs at least one input sample; `inputs` was empty")
 
-    pte_classes, ref_classes = torch.cat(top1_pte), torch.cat(top1_ref)
-    float_classes = torch.cat(top1_float) if top1_float else None
+    pte_top1, ref_top1 = torch.cat(top1_pte), torch.cat(top1_ref)
+    float_top1 = torch.cat(top1_float) if top1_float else None
     accuracies: dict[str, float | None] = {"pte_accuracy": None, "reference_accuracy": None, "float_accuracy": None}
     if label_list is not None:
         if len(label_list) != num_samples:
             raise ValueError(f"got {len(label_list)} label(s) for {num_samples} input sample(s)")
         targets = torch.cat([torch.as_tensor(label).reshape(-1) for label in label_list])
-        if targets.numel() != pte_classes.numel():
-            raise ValueError(f"labels hold {targets.numel()} class(es) for {pte_classes.numel()} top-1 sample(s)")
-        accuracies["pte_accuracy"] = (pte_classes == targets).double().mean().item()
-        accuracies["reference_accuracy"] = (ref_classes == targets).double().mean().item()
-        if float_classes is not None:
-            accuracies["float_accuracy"] = (float_classes == targets).double().mean().item()
+        if targets.numel() != pte_top1.shape[0]:
+            raise ValueError(f"labels hold {targets.numel()} class(es) for {pte_top1.shape[0]} top-1 sample(s)")
+        accuracies["pte_accuracy"] = _correct(pte_top1, targets)
+        accuracies["reference_accuracy"] = _correct(ref_top1, targets)
+        if float_top1 is not None:
+            accuracies["float_accuracy"] = _correct(float_top1, targets)
     return VerifyResult(
         num_samples=num_samples,
         max_abs_error=max_abs,
         max_error_steps=max_steps,
         mean_error_steps=sum_steps / num_elements if num_elements else 0.0,
-        top1_agreement=(pte_classes == ref_classes).double().mean().item(),
+        top1_agreement=_agreement(pte_top1, ref_top1),
         output_scales=scales,
-        num_top1_samples=pte_classes.numel(),
+        num_top1_samples=pte_top1.shape[0],
         top1_agreement_with_float=(
-            None if float_classes is None else (pte_classes == float_classes).double().mean().item()
+            None if float_top1 is None else _agreement(pte_top1, float_top1)
         ),
         reference_top1_agreement_with_float=(
-            None if float_classes is None else (ref_classes == float_classes).double().mean().item()
+            None if float_top1 is None else _agreement(ref_top1, float_top1)
         ),
         **accuracies,
     )

@@ -248,3 +248,25 @@ def test_verify_accepts_a_path_bytes_or_a_program_manager(tmp_path: Path) -> Non
     by_manager = verify(copy.deepcopy(lowered.edge).to_executorch(), lowered.quantized, samples)
     assert by_path == by_bytes == by_manager
     assert by_path.max_error_steps <= MAX_ERROR_STEPS
+
+
+def test_verify_counts_any_class_of_a_tied_maximum_as_top1(quantized_relu) -> None:
+    quantized, _ = quantized_relu
+    samples = [(torch.eye(10)[i:i + 1] * 3,) for i in range(4)]  # relu keeps the one-hot: argmax i
+
+    def tied(x):  # the stand-in .pte ties class 9 with the true maximum; argmax picks the lower index
+        out = quantized(x).clone()
+        out[0, 9] = out.max()
+        return (out,)
+
+    result = verify(tied, quantized, samples, labels=[0, 1, 2, 3])
+    assert result.top1_agreement == 1.0
+    # A tie is not a correct answer: the label must be the single top-1 class.
+    assert (result.pte_accuracy, result.reference_accuracy) == (0.0, 1.0)
+
+    def tied_elsewhere(x):  # ties two classes, neither of them the reference's
+        out = quantized(x).clone()
+        out[0, 8] = out[0, 9] = out.max() + 1
+        return (out,)
+
+    assert verify(tied_elsewhere, quantized, samples).top1_agreement == 0.0

@@ -57,9 +57,9 @@ EXPECTED = {
     "autoencoder": Expected(partitions=1, max_error_steps=1.0, mean_error_steps=0.1),
     # 7 conv + 3 residual adds + linear; measured max 4, mean 0.61, top-1 100%.
     "resnet8": Expected(partitions=1, max_error_steps=6.0, mean_error_steps=1.0),
-    # 9 conv + linear; measured max 2, mean 0.50, top-1 98%: one disagreement at a reference margin of 2 steps,
-    # one at an exact tie (two classes with the same quantized logit).
-    "ds_cnn": Expected(partitions=1, max_error_steps=3.0, mean_error_steps=0.8, min_top1_agreement=0.97),
+    # 9 conv + linear; measured max 2, mean 0.50, top-1 100% (twice the .pte's maximum is tied between the
+    # reference's class and another, which argmax alone would have counted as a disagreement).
+    "ds_cnn": Expected(partitions=1, max_error_steps=3.0, mean_error_steps=0.8),
     # 27 conv + linear, the deepest chain without residuals: a 1-step difference on 0.2% of the input elements
     # alone moves its output by up to 16 steps (mean 4.8) in the torch reference; measured max 58, mean 14.0.
     "mobilenet_v1_vww": Expected(partitions=1, max_error_steps=70.0, mean_error_steps=18.0),
@@ -183,7 +183,8 @@ def test_zoo_model_pte_agrees_with_quantized_model(name: str, tmp_path_factory: 
     assert result.top1_agreement >= expected.min_top1_agreement, str(result)
     scale = result.output_scales[0]
     for reference, pte in zip(run.reference_outputs, run.pte_outputs, strict=True):
-        ours, theirs = int(reference.argmax()), int(pte.argmax())
+        # Of the .pte's tied maxima, the class the reference ranks highest (the reference's own when they agree).
+        ours, theirs = int(reference.argmax()), int(torch.where(pte == pte.max(), reference, -torch.inf).argmax())
         margin_steps = (reference[ours] - reference[theirs]).item() / scale
         assert margin_steps <= expected.max_error_steps, (
             f"top-1 disagreement at a reference margin of {margin_steps:.2f} steps (class {ours} vs {theirs})")
