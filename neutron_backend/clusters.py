@@ -260,9 +260,16 @@ class ClusterIndex:
                                    "quantize the model with NeutronQuantizer")
             else:
                 producer = "a model input" if source.op == "placeholder" else f"'{source.name}' ({op_name(source)})"
-                cluster.problem = (f"not quantized: input '{source.name}' is float, produced by {producer} rather "
-                                   "than a dequantize node; quantize the model with NeutronQuantizer "
-                                   "(prepare_pt2e / convert_pt2e)")
+                value = source.meta.get("val")
+                dtype = getattr(value, "dtype", None)
+                if dtype is not None and not dtype.is_floating_point:
+                    cluster.problem = (f"input '{source.name}' is {str(dtype).removeprefix('torch.')}, produced by "
+                                       f"{producer}; Neutron computes on int8 values that come from a dequantize "
+                                       "node, so this operator runs on the CPU")
+                else:
+                    cluster.problem = (f"not quantized: input '{source.name}' is float, produced by {producer} "
+                                       "rather than a dequantize node; quantize the model with NeutronQuantizer "
+                                       "(prepare_pt2e / convert_pt2e)")
 
     def _trace_outputs(self, cluster: Cluster, last: Node) -> None:
         for user in last.users:

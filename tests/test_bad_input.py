@@ -218,6 +218,16 @@ def test_float16_model_says_to_convert_it_to_float32(tmp_path: Path, caplog: pyt
     _assert_runs_like(pte, model, example, atol=1e-2)
 
 
+def test_integer_model_input_stays_on_the_cpu_with_its_dtype_named(tmp_path: Path) -> None:
+    model, example = Fn(torch.abs), (torch.randint(-5, 5, (2, 16), dtype=torch.int32),)
+    pte, report = _lower(torch.export.export(model, example), tmp_path)
+    assert report.num_partitions == 0
+    (absolute,) = _cpu_entries(report)
+    assert absolute.reason == ("input 'xs_0' is int32, produced by a model input; Neutron computes on int8 values that "
+                               "come from a dequantize node, so this operator runs on the CPU")
+    _assert_runs_like(pte, model, example, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [torch.int16, torch.uint8], ids=["int16", "uint8"])
 def test_graph_quantized_to_another_integer_type(tmp_path: Path, caplog: pytest.LogCaptureFixture,
                                                  dtype: torch.dtype) -> None:
