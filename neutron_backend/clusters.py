@@ -202,6 +202,12 @@ class ClusterIndex:
             for member in cluster.nodes():
                 self.cluster_of.setdefault(member, cluster)
 
+    def dequantize_of(self, node: Node) -> Node | None:
+        """The dequantize node behind `node`, through the auxiliary data movement of its cluster (None if none)."""
+        while node in self.cluster_of and node in self.cluster_of[node].auxiliary:
+            node = node.all_input_nodes[0]
+        return node if is_dequantize(node) else None
+
     def _is_auxiliary(self, node: Node) -> bool:
         """A data-movement node between a dequantize and a compute node (it has no quantize of its own)."""
         memo = self._auxiliary_memo.get(node)

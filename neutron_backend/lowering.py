@@ -107,17 +107,10 @@ class ConversionContext:
 
     # -- qparams -----------------------------------------------------------------------------------------------
 
-    def _dequantize_of(self, node: Node) -> Node | None:
-        cluster = self.index.cluster_of.get(node)
-        while cluster is not None and node in cluster.auxiliary:
-            node = node.all_input_nodes[0]
-            cluster = self.index.cluster_of.get(node)
-        return node if is_dequantize(node) else None
-
     def input_qparams(self, node: Node, index: int) -> QParams:
         """Qparams of the node's index-th tensor input (from its dequantize node)."""
         source = flat_inputs(node)[index]
-        dequantize = self._dequantize_of(source)
+        dequantize = self.index.dequantize_of(source)
         if dequantize is None:
             if source in self.values and source in self.index.cluster_of:
                 return self._value_qparams(source)
@@ -152,7 +145,7 @@ class ConversionContext:
 
     def is_constant_input(self, node: Node, index: int) -> bool:
         """Whether the node's index-th tensor input is a dequantized constant (readable with `weight`)."""
-        dequantize = self._dequantize_of(flat_inputs(node)[index])
+        dequantize = self.index.dequantize_of(flat_inputs(node)[index])
         return dequantize is not None and self.index.constants.is_constant(dequantize.args[0])
 
     def weight(self, node: Node, index: int) -> tuple[np.ndarray, QParams]:
@@ -184,11 +177,26 @@ class ConversionContext:
 
     def value_of(self, source: Node) -> _Value:
         while source not in self.values:
+            if is_dequantize(source) and self.index.constants.is_constant(source.args[0]):
+                return self._constant_value(source)
             if is_dequantize(source) or is_quantize(source):
                 source = source.args[0]
                 continue
             raise LoweringError(f"'{source.name}' ({target_name(source)}) was not converted before its use")
         return self.values[source]
+
+    def _constant_value(self, dequantize: Node) -> _Value:
+        """A dequantized int8 constant used as an activation (a cat or add operand): an IR constant tensor."""
+        qparams = read_qparams(dequantize, self.index.constants)
+        value = self.index.constants.value(dequantize.args[0])
+        if value is None or qparams.per_channel or qparams.dtype != torch.int8:
+            raise LoweringError(f"'{dequantize.name}' dequantizes a constant that is not a per-tensor int8 tensor; "
+                                "Neutron takes such an operand as a per-tensor int8 constant")
+        data = value.detach().contiguous().numpy()
+        tensor = self.builder.add_tensor(self.name(dequantize.args[0].name), list(data.shape), "int8", data=data,
+                                         scale=qparams.scale, zero_point=qparams.zero_point)
+        self.values[dequantize] = _Value(tensor, channels_last=False)
+        return self.values[dequantize]
 
     def input(self, node: Node, index: int, channels_last: bool | None = None) -> int:
         """The IR tensor of the node's index-th tensor input, in the requested layout (default: as it is)."""
@@ -353,7 +361,7 @@ def lower_partition(program: ExportedProgram, options: NeutronCompileOptions) ->
         if is_quantize(node):
             raise LoweringError(f"quantize node '{node.name}' does not follow a converted operator")
         if cluster is not None and node in cluster.auxiliary:
-            dequantize = ctx._dequantize_of(node)
+            dequantize = ctx.index.dequantize_of(node)
             if dequantize is not None and ctx.index.constants.is_constant(dequantize.args[0]):
                 continue  # folded into the constant it moves
         elif cluster is None or node is not cluster.head:

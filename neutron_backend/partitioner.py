@@ -64,16 +64,11 @@ class _Context:
             node = node.args[0]
         return node
 
-    def _dequantize_of(self, node: Node) -> Node | None:
-        while node in self.index.cluster_of and node in self.index.cluster_of[node].auxiliary:
-            node = node.all_input_nodes[0]
-        return node if is_dequantize(node) else None
-
     def input_qparams(self, node: Node, index: int) -> QParams | None:
         inputs = flat_inputs(node)
         if index >= len(inputs):
             return None
-        dequantize = self._dequantize_of(inputs[index])
+        dequantize = self.index.dequantize_of(inputs[index])
         return None if dequantize is None else read_qparams(dequantize, self.index.constants)
 
     def output_qparams(self, node: Node) -> QParams | None:

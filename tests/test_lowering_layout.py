@@ -68,6 +68,7 @@ class _ConvPoolAdd(torch.nn.Module):
 
 def test_cpu_node_between_two_supported_nodes_splits_them_without_a_cycle(tmp_path):
     """conv -> max_pool (kept on the CPU) -> add(conv, pool): conv and add must not share a delegate."""
+    torch.manual_seed(0)
     model = _ConvPoolAdd().eval()
     example = (torch.randn(1, 3, 8, 8),)
     batches = [(torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(i)),) for i in range(4)]
@@ -85,4 +86,5 @@ def test_cpu_node_between_two_supported_nodes_splits_them_without_a_cycle(tmp_pa
     (host,) = load_pte(path)(example[0])
     (reference,) = compiled.quantized(example[0])
     scale = compiled.quantized.graph.find_nodes(op="output")[0].args[0][0].args[1]
-    assert (host - reference).abs().max().item() <= scale * 1.0001
+    # Two requantizing operators on the path (conv, add): one step each (DESIGN.md section 7).
+    assert (host - reference).abs().max().item() <= 2 * scale * 1.0001

@@ -67,6 +67,20 @@ class ConvThen(nn.Module):
         return self.fn(self.conv(x))
 
 
+class ConvCatConstant(nn.Module):
+    """A conv whose output is concatenated with a constant (a learned feature map, say) along the channels."""
+
+    def __init__(self, constant_first: bool) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.register_buffer("constant", torch.randn((1, 8, *IMAGE[2:]), generator=torch.Generator().manual_seed(5)))
+        self.constant_first = constant_first
+
+    def forward(self, x):
+        y = self.conv(x)
+        return torch.cat([self.constant, y] if self.constant_first else [y, self.constant], dim=1)
+
+
 class ConvMeanLinear(nn.Module):
     """Global average pooling written as a mean over H and W (keepdim=False), then a classifier."""
 
@@ -181,6 +195,8 @@ CASES = {
                                  (CONV, SLICE, CAT), 1),
     "cat_width_channels_last": (lambda: ConvThen(lambda v: torch.cat([v[..., 1:], v], dim=3)), (IMAGE,),
                                 (CONV, SLICE, CAT), 1),
+    "cat_constant_last": (lambda: ConvCatConstant(constant_first=False), (IMAGE,), (CONV, CAT), 1),
+    "cat_constant_first": (lambda: ConvCatConstant(constant_first=True), (IMAGE,), (CONV, CAT), 1),
 }
 
 COVERED = {MEAN, SUM, AMAX, AMIN, SLICE, SELECT, SQUEEZE, UNSQUEEZE, PAD, REFLECT1D, REFLECT2D, NEAREST, BILINEAR}
