@@ -167,7 +167,7 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         loaded.model, loaded.example_inputs, args.target, calibration_batches=_calibration(args, loaded),
         delegation_options=_delegation_options(args), progress=not args.quiet,
         neutron_converter_flavor=args.flavor, operators_not_to_delegate=_operator_list(args.exclude_op) or None,
-        intermediates_dir=args.intermediates_dir)
+        intermediates_dir=args.intermediates_dir, int8_io=args.int8_io)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(compiled.pte)
     if args.report == "json":
@@ -177,9 +177,33 @@ def _cmd_compile(args: argparse.Namespace) -> int:
     if args.graph:
         Path(args.graph).write_text(compiled.report.to_html())
         _say(args, f"wrote the graph picture to {args.graph}")
+    if compiled.int8_io is not None:
+        for kind, quantization in (("input", compiled.int8_io.inputs), ("output", compiled.int8_io.outputs)):
+            for index, q in sorted(quantization.items()):
+                _say(args, f"int8 {kind} {index}: real = (q - {q.zero_point}) * {q.scale:.9g}")
     kind = _EMULATION_NOTE if args.flavor is None else f"deployable payload for NXP's runtime ({args.flavor})"
     _say(args, f"wrote {output} ({len(compiled.pte):,} bytes; {kind})")
     return 0
+
+
+class _FloatIO:
+    """A loaded program with float inputs and outputs: a .pte made with int8 I/O gets its float inputs quantized
+    and its int8 outputs dequantized with the qparams stored in it (other programs run as they are)."""
+
+    def __init__(self, program, args: argparse.Namespace) -> None:
+        import torch
+
+        self.program, self.io = program, program.int8_io
+        self.input_specs = [(shape, torch.float32 if self.io is not None and index in self.io.inputs else dtype)
+                            for index, (shape, dtype) in enumerate(program.input_specs)]
+        if self.io is not None:
+            _say(args, f"{program.path} has int8 inputs/outputs: quantizing inputs {sorted(self.io.inputs)} and "
+                       f"dequantizing outputs {sorted(self.io.outputs)} with the qparams stored in it")
+
+    def __call__(self, *inputs):
+        if self.io is None:
+            return self.program(*inputs)
+        return self.io.dequantize_outputs(*self.program(*self.io.quantize_inputs(*inputs)))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -189,7 +213,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if not Path(args.pte).is_file():
         raise UsageError(f"no such .pte file: {args.pte}")
-    program = load_pte(args.pte)
+    program = _FloatIO(load_pte(args.pte), args)
     shapes = [shape for shape, _ in program.input_specs]
     dtypes = [dtype if isinstance(dtype, torch.dtype) else torch.float32 for _, dtype in program.input_specs]
     if args.inputs:
@@ -275,7 +299,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                    "compile give the same model)")
         quantized = quantize_model(loaded.model, example, target=args.target,
                                    calibration_batches=_calibration(args, loaded), progress=not args.quiet)
-    program = load_pte(args.pte)
+    program = _FloatIO(load_pte(args.pte), args)
     outputs: list[tuple] = []
 
     def run(*inputs: torch.Tensor) -> tuple:
@@ -429,6 +453,9 @@ def _parser() -> argparse.ArgumentParser:
     compile_.add_argument("--calibration-data", metavar="FILE",
                           help=f"calibration inputs: {_DATA_HELP}. Default: the model source's own, else 16 "
                           "random batches (with a warning)")
+    compile_.add_argument("--int8-io", action="store_true",
+                          help="the .pte takes int8 inputs and returns int8 outputs (no float quantize/dequantize "
+                               "on the CPU); neutron run and verify quantize and dequantize for you")
     compile_.add_argument("-o", "--output", metavar="PTE", help="the .pte to write (default MODEL_NAME.pte)")
     compile_.add_argument("--intermediates-dir", metavar="DIR", help="also write each partition's .tflite (Neutron "
                           "IR, opens in Netron), quantized.pt2, report.json and report.html there")

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from neutron_backend.pipeline import InputError, load_exported_program, load_model, load_samples
+from neutron_backend.runtime import load_pte
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 COMMANDS = ("compile", "run", "verify", "ops", "targets", "models", "demo")
@@ -153,6 +154,26 @@ def test_run_outputs_match_what_verify_measured(work, run_outputs, verified):
         expected = torch.stack([reference(*batch) for batch in inputs])
     steps = ((outputs.double() - expected.double()).abs().max() / scale).item()
     assert round(steps, 4) == verified["max_error_steps"]
+
+
+def test_int8_io_pte_takes_and_returns_int8_and_run_and_verify_convert_for_the_user(work, run_outputs, verified):
+    result = neutron("compile", "net.py:build", "--calibration-data", "calib.npz", "--exclude-op", "aten::max_pool2d",
+                     "--int8-io", "-o", "out/net_int8.pte", cwd=work)
+    assert re.search(r"int8 input 0: real = \(q - -?\d+\) \* [0-9.e-]+", result.stderr), result.stderr
+    program = load_pte(work / "out" / "net_int8.pte")
+    assert program.input_specs == (((1, 3, 8, 8), torch.int8),)
+    (output_qparams,) = program.int8_io.outputs.values()
+    assert output_qparams.scale == pytest.approx(verified["output_scales"][0])
+    run = neutron("run", "out/net_int8.pte", "--inputs", "data.pt", "--save", "outputs_int8.pt", cwd=work)
+    assert "has int8 inputs/outputs: quantizing inputs [0] and dequantizing outputs [0]" in run.stderr
+    (outputs,) = torch.load(work / "outputs_int8.pt")
+    _, float_io_outputs = run_outputs
+    # The same partitions on the same int8 values: only the input quantization moved from the .pte to the CLI.
+    steps = (outputs.double() - float_io_outputs.double()).abs().max().item() / output_qparams.scale
+    assert round(steps, 4) <= 1.0
+    check = neutron("verify", "out/net_int8.pte", "--model", "net.py:build", "--data", "data.pt",
+                    "--calibration-data", "calib.npz", "--json", cwd=work)
+    assert json.loads(check.stdout)["max_error_steps"] <= 1.0
 
 
 def test_verify_with_the_saved_quantized_reference_gives_the_same_result(work, verified):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import functools
 import os
+import re
 from typing import Any
 
 import torch
@@ -65,6 +67,35 @@ class Program:
             (tuple(info.sizes()), _TORCH_DTYPES.get(info.dtype(), info.dtype()))
             for info in (meta.input_tensor_meta(i) for i in range(meta.num_inputs()))
         )
+
+    @functools.cached_property
+    def int8_io(self) -> Any:
+        """The qparams of the program's int8 inputs and outputs (an `neutron_backend.int8_io.Int8IO`) when it was
+        made with int8 I/O (`compile_model(..., int8_io=True)`, `neutron compile --int8-io`), else None. Read from
+        the constant methods `input{i}_scale`, `input{i}_zp`, ... that `make_io_int8` stores in the .pte."""
+        from neutron_backend.int8_io import Int8IO, TensorQuantization
+
+        found: dict[str, dict[int, TensorQuantization]] = {"input": {}, "output": {}}
+        for name in self._program.method_names:
+            match = re.fullmatch(r"(input|output)(\d+)_scale", name)
+            if match is None:
+                continue
+            kind, index = match.group(1), int(match.group(2))
+            value = {field: self._constant(f"{kind}{index}_{field}")
+                     for field in ("scale", "zp", "quant_min", "quant_max", "dtype")}
+            found[kind][index] = TensorQuantization(float(value["scale"]), int(value["zp"]), int(value["quant_min"]),
+                                                    int(value["quant_max"]), _TORCH_DTYPES[int(value["dtype"])])
+        if not found["input"] and not found["output"]:
+            return None
+        return Int8IO(inputs=found["input"], outputs=found["output"])
+
+    def _constant(self, method_name: str) -> Any:
+        try:
+            (value,) = self._program.load_method(method_name).execute([])
+        except (RuntimeError, ValueError) as exc:
+            raise NeutronRuntimeError(f"{self.path}: reading the int8 I/O constant {method_name!r} failed: "
+                                      f"{exc}") from exc
+        return value
 
     def _check_inputs(self, inputs: tuple[Any, ...]) -> None:
         """Raises ValueError (TypeError for a non-tensor) naming what the method expects and what it got."""
