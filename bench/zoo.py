@@ -35,7 +35,9 @@ TARGET = "imxrt700"
 CALIBRATION_BATCHES = 16
 CALIBRATION_SEED = 0
 INPUT_SEED = 1
-STABILITY_SEED = 2
+NOISE_SEED = 2
+# Share of a requantization's outputs moved by one step: the measured LiteRT-vs-torch rate is 0.1-0.3% per op.
+NOISE_RATE = 0.002
 
 
 class _Recorder:
@@ -104,30 +106,45 @@ def measure(name: str, num_inputs: int) -> dict:
                    top1_agreement_with_float=result.top1_agreement_with_float,
                    reference_top1_agreement_with_float=result.reference_top1_agreement_with_float,
                    disagreement_margins_steps=[round(m, 3) for m in margins],
-                   float_top1_stability=float_top1_stability(model, inputs, _input_scale(compiled.quantized)))
+                   perturbed_reference_agreement=perturbed_reference_agreement(compiled.quantized, inputs,
+                                                                               NOISE_RATE))
     print(json.dumps(row), flush=True)
     return row
 
 
-def _input_scale(quantized: torch.fx.GraphModule) -> float:
-    """The scale of the model input's quantize node."""
+class _SparseStepNoise:
+    """Moves a seeded random `rate` of a quantized tensor's elements by one step up or down (clamped)."""
+
+    def __init__(self, rate: float, seed: int) -> None:
+        self.rate, self.generator = rate, torch.Generator().manual_seed(seed)
+
+    def __call__(self, q: torch.Tensor, quant_min: int, quant_max: int) -> torch.Tensor:
+        moved = torch.rand(q.shape, generator=self.generator) < self.rate
+        step = torch.where(torch.rand(q.shape, generator=self.generator) < 0.5, -1, 1).to(q.dtype)
+        return torch.clamp(q + moved.to(q.dtype) * step, quant_min, quant_max)
+
+
+def perturbed_reference_agreement(quantized: torch.fx.GraphModule, inputs: list, rate: float) -> float:
+    """Top-1 agreement of the quantized torch model with itself when every requantization inside it (each quantize
+    node but the input's) is off by one step on a random `rate` of its elements, as LiteRT's fixed-point kernels
+    are on about 0.1-0.3% of a layer's outputs: how much top-1 agreement a correct integer implementation of this
+    model can be expected to keep."""
+    import copy
+
+    noisy = copy.deepcopy(quantized)
+    noise = _SparseStepNoise(rate, NOISE_SEED)
+    graph = noisy.graph
     target = torch.ops.quantized_decomposed.quantize_per_tensor.default
-    quantize = next(n for n in quantized.graph.nodes if n.target == target)
-    return float(quantize.args[1])
-
-
-def float_top1_stability(model: torch.nn.Module, inputs: list, input_scale: float) -> float:
-    """The fraction of inputs whose float top-1 class survives Gaussian noise of a tenth of the input quantization
-    step: how far top-1 agreement can be trusted on this model at all. Any integer implementation differs from
-    the float-requantizing reference by sub-step amounts, so a model that flips its top-1 under such noise
-    cannot reach full agreement with any of them."""
-    generator = torch.Generator().manual_seed(STABILITY_SEED)
+    for node in [n for n in graph.nodes if n.target == target and n.args[0].op != "placeholder"]:
+        with graph.inserting_after(node):
+            moved = graph.call_function(noise, (node, node.args[3], node.args[4]))
+        node.replace_all_uses_with(moved, delete_user_cb=lambda user, moved=moved: user is not moved)
+    noisy.recompile()
     kept = 0
     with torch.no_grad():
         for sample in inputs:
-            clean = model(*sample).reshape(-1)
-            noisy = model(*(x + torch.randn(x.shape, generator=generator) * input_scale / 10 for x in sample))
-            kept += int(noisy.reshape(-1).argmax() == clean.argmax())
+            clean, other = quantized(*sample).reshape(-1), noisy(*sample).reshape(-1)
+            kept += int(clean[other == other.max()].max() == clean.max())
     return kept / len(inputs)
 
 
@@ -189,9 +206,10 @@ def write(rows: list[dict], command: str, info: dict) -> None:
         "amplify earlier differences, so deep models show more than 1 step at the output. Top-1 agreement counts "
         "a sample when the .pte's top-1 class is one of the reference's (int8 logits often tie at the maximum). "
         "`distinct classes` is how many different top-1 classes the reference predicts on these inputs (1 means "
-        "agreement says little). `float top-1 kept under 0.1-step input noise` is the share of inputs whose float "
-        "top-1 survives Gaussian noise of a tenth of the input quantization step: no integer implementation can "
-        "be expected to agree with the reference on much more than that share. Compile time is CPU seconds of "
+        "agreement says little). The last table's `reference top-1 kept under 1-step noise` is the top-1 "
+        "agreement of the quantized torch model with itself when each of its requantizations is one step off on a "
+        "random 0.2% of its outputs (what fixed-point kernels do): an integer implementation within DESIGN.md's "
+        "1-step-per-op rule can be expected to agree about that well, not better. Compile time is CPU seconds of "
         "quantize + calibrate + partition + lower (wall time depends on the machine's load).",
         "",
         f"Command: `{command}`",
@@ -204,8 +222,7 @@ def write(rows: list[dict], command: str, info: dict) -> None:
         *markdown_table(rows),
         "",
         "| model | params | .pte bytes | compile wall (s) | top-1 vs float (pte / reference) | "
-        "float top-1 kept under 0.1-step input noise | reference margin at top-1 disagreements (steps) | "
-        "CPU nodes |",
+        "reference top-1 kept under 1-step noise | reference margin at top-1 disagreements (steps) | CPU nodes |",
         "|---|---:|---:|---:|---:|---:|---|---|",
     ]
     for r in rows:
@@ -214,7 +231,8 @@ def write(rows: list[dict], command: str, info: dict) -> None:
         margins = ", ".join(f"{m:g}" for m in r.get("disagreement_margins_steps", [])) or "-"
         cpu_nodes = ", ".join(n.split(" (")[1].split(")")[0].split(".")[-2] for n in r["cpu_nodes"]) or "-"
         lines.append(f"| {r['model']} | {r['params']:,} | {r['pte_bytes']:,} | {r['compile_wall_s']:.0f} | "
-                     f"{float_agreement} | {_percent(r.get('float_top1_stability'))} | {margins} | {cpu_nodes} |")
+                     f"{float_agreement} | {_percent(r.get('perturbed_reference_agreement'))} | {margins} | "
+                     f"{cpu_nodes} |")
     lines += ["", "Models:", ""]
     lines += [f"- `{r['model']}`: {r['description']}. Source: {r['source']}." for r in rows]
     (RESULTS_DIR / "zoo.md").write_text("\n".join(lines) + "\n")

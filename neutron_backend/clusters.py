@@ -47,6 +47,14 @@ def is_qdq(node: Any) -> bool:
     return is_quantize(node) or is_dequantize(node)
 
 
+def is_requantization(node: Any) -> bool:
+    """A per-tensor quantize of a per-tensor dequantized value: the two change a value's qparams (e.g. where a
+    softmax's fixed output qparams meet a cat's shared ones), an operator of its own that Neutron can run."""
+    return (is_quantize(node) and op_name(node) == "quantize_per_tensor" and is_dequantize(node.args[0])
+            and op_name(node.args[0]) == "dequantize_per_tensor"
+            and (is_quantize(node.args[0].args[0]) or node.args[0].args[0].op == "placeholder"))
+
+
 def is_getitem(node: Any) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and node.target is operator.getitem
 
@@ -177,7 +185,8 @@ class Cluster:
         yield self.head
         yield from self.fused
         yield from self.getitems
-        yield from self.quantized_outputs
+        # A requantization's head is its own quantized output.
+        yield from (node for node in self.quantized_outputs if node is not self.head)
 
 
 class ClusterIndex:
@@ -195,9 +204,13 @@ class ClusterIndex:
         for node in program.graph.nodes:
             if node.op != "call_function" or node in self.cluster_of:
                 continue
-            if is_qdq(node) or is_getitem(node) or self._is_auxiliary(node) or self._is_fused(node):
+            if is_requantization(node) and not self.constants.is_constant(node.args[0].args[0]):
+                cluster = Cluster(head=node, quantized_outputs=[node])
+                self._trace_input(cluster, node.args[0])
+            elif is_qdq(node) or is_getitem(node) or self._is_auxiliary(node) or self._is_fused(node):
                 continue
-            cluster = self._build(node)
+            else:
+                cluster = self._build(node)
             self.clusters.append(cluster)
             for member in cluster.nodes():
                 self.cluster_of.setdefault(member, cluster)

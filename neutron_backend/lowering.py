@@ -358,7 +358,7 @@ def lower_partition(program: ExportedProgram, options: NeutronCompileOptions) ->
         if node.op != "call_function" or node in ctx.values or is_dequantize(node) or is_getitem(node):
             continue
         cluster = ctx.index.cluster_of.get(node)
-        if is_quantize(node):
+        if is_quantize(node) and (cluster is None or node is not cluster.head):
             raise LoweringError(f"quantize node '{node.name}' does not follow a converted operator")
         if cluster is not None and node in cluster.auxiliary:
             dequantize = ctx.index.dequantize_of(node)

@@ -238,6 +238,18 @@ def _cat(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
                 other=other)
 
 
+@builder("quantized_decomposed.quantize_per_tensor.default")
+def _requantized_cat(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
+    """A sigmoid (fixed output qparams) concatenated with an earlier value: the cat's shared qparams need a
+    requantization of the sigmoid's output."""
+    candidates = [i for i, s in enumerate(earlier) if s[0] == 1 and s[2:] == shape[2:]]
+    if not candidates or shape[1] * 2 > 4 * MAX_CHANNELS:
+        return None
+    other = draw.choice(candidates)
+    return Step("quantized_decomposed.quantize_per_tensor.default", f"cat(sigmoid, value {other}, dim=1)",
+                lambda x, y: torch.cat([torch.sigmoid(x), y], dim=1), 2, other=other)
+
+
 @builder("aten.bmm.default")
 def _bmm(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step:
     _, c, h, w = shape

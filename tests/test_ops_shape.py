@@ -48,6 +48,7 @@ REFLECT2D = "aten.reflection_pad2d.default"
 NEAREST = "aten.upsample_nearest2d.vec"
 BILINEAR = "aten.upsample_bilinear2d.vec"
 SOFTMAX = "aten._softmax.default"
+REQUANTIZE = "quantized_decomposed.quantize_per_tensor.default"
 
 IMAGE = (1, 3, 8, 8)
 FEATURE_MAP = (1, 8, 6, 6)
@@ -79,6 +80,18 @@ class ConvCatConstant(nn.Module):
     def forward(self, x):
         y = self.conv(x)
         return torch.cat([self.constant, y] if self.constant_first else [y, self.constant], dim=1)
+
+
+class SoftmaxCat(nn.Module):
+    """A softmax (fixed output qparams 1/256, -128) concatenated with a conv output: the cat's shared qparams need a
+    requantization (dequantize -> quantize) of the softmax's output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.other = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([torch.softmax(self.conv(x), dim=1), self.other(x)], dim=1)
 
 
 class ConvMeanLinear(nn.Module):
@@ -195,11 +208,14 @@ CASES = {
                                  (CONV, SLICE, CAT), 1),
     "cat_width_channels_last": (lambda: ConvThen(lambda v: torch.cat([v[..., 1:], v], dim=3)), (IMAGE,),
                                 (CONV, SLICE, CAT), 1),
+    # conv -> softmax -> requantization -> cat: three requantizing operators on the softmax's path.
+    "softmax_requantized_into_cat": (SoftmaxCat, (IMAGE,), (CONV, SOFTMAX, REQUANTIZE, CAT), 3),
     "cat_constant_last": (lambda: ConvCatConstant(constant_first=False), (IMAGE,), (CONV, CAT), 1),
     "cat_constant_first": (lambda: ConvCatConstant(constant_first=True), (IMAGE,), (CONV, CAT), 1),
 }
 
-COVERED = {MEAN, SUM, AMAX, AMIN, SLICE, SELECT, SQUEEZE, UNSQUEEZE, PAD, REFLECT1D, REFLECT2D, NEAREST, BILINEAR}
+COVERED = {MEAN, SUM, AMAX, AMIN, SLICE, SELECT, SQUEEZE, UNSQUEEZE, PAD, REFLECT1D, REFLECT2D, NEAREST, BILINEAR,
+           REQUANTIZE}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -280,6 +296,20 @@ def test_lone_no_op_is_not_delegated(target: str) -> None:
     assert report.num_partitions == 0
     allowed = _report(fn, shape, delegation_options=CustomDelegationOptions(allow_no_op_partitions=True))
     _assert_verdict(allowed, target, None)
+
+
+def test_requantization_keeps_softmax_and_cat_in_one_partition_but_alone_stays_on_the_cpu() -> None:
+    report, _ = partition_model(SoftmaxCat(), (torch.randn(IMAGE),))
+    assert report.num_partitions == 1, str(report)
+    # The softmax's quantize, then the requantization's dequantize -> quantize, all inside the partition.
+    quantizes = [e for e in report.nodes if e.target == REQUANTIZE]
+    assert all(e.delegated for e in quantizes[1:]), str(report)
+    # With the softmax on the CPU the requantization joins the cat's partition; with the cat too, it is alone.
+    alone, _ = partition_model(SoftmaxCat(), (torch.randn(IMAGE),),
+                               operators_not_to_delegate=["aten::_softmax", "aten::cat"])
+    requantization = next(e for e in alone.nodes if e.target == REQUANTIZE and e.reason.startswith("its partition"))
+    assert requantization.reason == NO_OP_REASON.format(REQUANTIZE)
+    assert alone.num_partitions == 2, str(alone)
 
 
 def test_lone_reflection_pad_runs_on_the_cpu(tmp_path: Path) -> None:
