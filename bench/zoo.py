@@ -112,27 +112,28 @@ def measure(name: str, num_inputs: int) -> dict:
     return row
 
 
-class _SparseStepNoise:
-    """Moves a seeded random `rate` of a quantized tensor's elements by one step up or down (clamped)."""
+def _sparse_step_noise(rate: float, seed: int):
+    """A function moving a seeded random `rate` of a quantized tensor's elements by one step up or down (clamped).
+    A plain function: torch.fx names call_function targets by their __name__."""
+    generator = torch.Generator().manual_seed(seed)
 
-    def __init__(self, rate: float, seed: int) -> None:
-        self.rate, self.generator = rate, torch.Generator().manual_seed(seed)
-
-    def __call__(self, q: torch.Tensor, quant_min: int, quant_max: int) -> torch.Tensor:
-        moved = torch.rand(q.shape, generator=self.generator) < self.rate
-        step = torch.where(torch.rand(q.shape, generator=self.generator) < 0.5, -1, 1).to(q.dtype)
+    def sparse_step_noise(q: torch.Tensor, quant_min: int, quant_max: int) -> torch.Tensor:
+        moved = torch.rand(q.shape, generator=generator) < rate
+        step = torch.where(torch.rand(q.shape, generator=generator) < 0.5, -1, 1).to(q.dtype)
         return torch.clamp(q + moved.to(q.dtype) * step, quant_min, quant_max)
+
+    return sparse_step_noise
 
 
 def perturbed_reference_agreement(quantized: torch.fx.GraphModule, inputs: list, rate: float) -> float:
     """Top-1 agreement of the quantized torch model with itself when every requantization inside it (each quantize
     node but the input's) is off by one step on a random `rate` of its elements, as LiteRT's fixed-point kernels
-    are on about 0.1-0.3% of a layer's outputs: how much top-1 agreement a correct integer implementation of this
-    model can be expected to keep."""
+    are on about 0.1-0.3% of a layer's outputs: how fragile the model's top-1 is under differences that a correct
+    integer implementation makes."""
     import copy
 
     noisy = copy.deepcopy(quantized)
-    noise = _SparseStepNoise(rate, NOISE_SEED)
+    noise = _sparse_step_noise(rate, NOISE_SEED)
     graph = noisy.graph
     target = torch.ops.quantized_decomposed.quantize_per_tensor.default
     for node in [n for n in graph.nodes if n.target == target and n.args[0].op != "placeholder"]:
@@ -208,8 +209,8 @@ def write(rows: list[dict], command: str, info: dict) -> None:
         "`distinct classes` is how many different top-1 classes the reference predicts on these inputs (1 means "
         "agreement says little). The last table's `reference top-1 kept under 1-step noise` is the top-1 "
         "agreement of the quantized torch model with itself when each of its requantizations is one step off on a "
-        "random 0.2% of its outputs (what fixed-point kernels do): an integer implementation within DESIGN.md's "
-        "1-step-per-op rule can be expected to agree about that well, not better. Compile time is CPU seconds of "
+        "random 0.2% of its outputs (the kind and rate of difference fixed-point kernels make): how fragile the "
+        "model's top-1 is under differences DESIGN.md's 1-step-per-op rule allows. Compile time is CPU seconds of "
         "quantize + calibrate + partition + lower (wall time depends on the machine's load).",
         "",
         f"Command: `{command}`",
