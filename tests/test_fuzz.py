@@ -31,6 +31,8 @@ def test_every_registered_operator_is_fuzzed() -> None:
 REGRESSIONS = {
     13: "two select+unsqueeze pairs: unsqueeze_copy (from functionalization) was reported as a kept-whole operator "
         "left undelegated, and lowering failed",
+    885: "sum -> cat -> amin -> silu: the silu's inner LOGISTIC requantization was not in the error budget (silu "
+         "counted as one requantizing operator, it lowers to two)",
 }
 
 
