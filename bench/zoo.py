@@ -62,7 +62,7 @@ def measure(name: str, num_inputs: int) -> dict:
     from neutron_backend.pipeline import compile_model
     from neutron_backend.quantizer.calibration import random_batches
     from neutron_backend.runtime import load_pte
-    from neutron_backend.verify import output_scales, verify
+    from neutron_backend.verify import output_scales, top1_margin, verify
 
     entry = zoo_entry(name)
     start = time.perf_counter()
@@ -98,10 +98,9 @@ def measure(name: str, num_inputs: int) -> dict:
     )
     if entry.classifier:
         ref_classes = [int(out.argmax()) for out in reference.first_outputs]
-        # A disagreement (as verify counts it): the .pte's top-1 is not one of the reference's tied maxima.
-        margins = [(ref.max() - ref[pte.argmax()]).item() / scales[0]
-                   for ref, pte in zip(reference.first_outputs, program.first_outputs, strict=True)
-                   if ref[pte == pte.max()].max() < ref.max()]
+        # A disagreement, as verify counts it, is a positive top-1 margin.
+        gaps = [top1_margin(ref, pte) for ref, pte in zip(reference.first_outputs, program.first_outputs, strict=True)]
+        margins = [gap / scales[0] for gap in gaps if gap > 0]
         row.update(top1_agreement=result.top1_agreement, distinct_reference_classes=len(set(ref_classes)),
                    top1_agreement_with_float=result.top1_agreement_with_float,
                    reference_top1_agreement_with_float=result.reference_top1_agreement_with_float,
@@ -141,11 +140,10 @@ def perturbed_reference_agreement(quantized: torch.fx.GraphModule, inputs: list,
             moved = graph.call_function(noise, (node, node.args[3], node.args[4]))
         node.replace_all_uses_with(moved, delete_user_cb=lambda user, moved=moved: user is not moved)
     noisy.recompile()
-    kept = 0
+    from neutron_backend.verify import top1_margin
+
     with torch.no_grad():
-        for sample in inputs:
-            clean, other = quantized(*sample).reshape(-1), noisy(*sample).reshape(-1)
-            kept += int(clean[other == other.max()].max() == clean.max())
+        kept = sum(top1_margin(quantized(*sample), noisy(*sample)) == 0 for sample in inputs)
     return kept / len(inputs)
 
 

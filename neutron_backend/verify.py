@@ -25,7 +25,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VerifyResult", "output_scales", "verify"]
+__all__ = ["VerifyResult", "output_scales", "top1_margin", "verify"]
 
 
 @dataclass(frozen=True)
@@ -191,6 +191,14 @@ def _agreement(first: torch.Tensor, second: torch.Tensor) -> float:
     return (first & second).any(dim=1).double().mean().item()
 
 
+def top1_margin(reference: torch.Tensor, output: torch.Tensor) -> float:
+    """How far, in the reference's own units, the reference ranks `output`'s top-1 below its own: the reference's
+    maximum minus the best reference value among `output`'s tied maxima. 0 exactly when the two agree on top-1 as
+    `verify` counts it."""
+    reference, output = reference.reshape(-1), output.reshape(-1)
+    return (reference.max() - reference[output == output.max()].max()).item()
+
+
 def _correct(top1: torch.Tensor, targets: torch.Tensor) -> float:
     """The fraction of batch items whose single top-1 class is its target (a tie including it is not correct)."""
     hit = top1.gather(1, targets.reshape(-1, 1)).squeeze(1) & (top1.sum(dim=1) == 1)
@@ -279,6 +287,10 @@ def verify(
         targets = torch.cat([torch.as_tensor(label).reshape(-1) for label in label_list])
         if targets.numel() != pte_top1.shape[0]:
             raise ValueError(f"labels hold {targets.numel()} class(es) for {pte_top1.shape[0]} top-1 sample(s)")
+        num_classes = pte_top1.shape[1]
+        if targets.is_floating_point() or targets.min() < 0 or targets.max() >= num_classes:
+            raise ValueError(f"labels must be class indices in [0, {num_classes - 1}] (the outputs have "
+                             f"{num_classes} classes), got {targets.tolist()[:10]}")
         accuracies["pte_accuracy"] = _correct(pte_top1, targets)
         accuracies["reference_accuracy"] = _correct(ref_top1, targets)
         if float_top1 is not None:

@@ -228,12 +228,19 @@ def _binary(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
                 own_qparams=kind in ("add", "sub", "mul"))
 
 
-@builder("aten.cat.default")
-def _cat(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
+def _cat_partner(draw: Draw, shape: Shape, earlier: list[Shape]) -> int | None:
+    """An earlier value to concatenate with along the channels (same spatial shape), or None."""
     candidates = [i for i, s in enumerate(earlier) if s[0] == 1 and s[2:] == shape[2:]]
     if not candidates or shape[1] * 2 > 4 * MAX_CHANNELS:
         return None
-    other = draw.choice(candidates)
+    return draw.choice(candidates)
+
+
+@builder("aten.cat.default")
+def _cat(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
+    other = _cat_partner(draw, shape, earlier)
+    if other is None:
+        return None
     return Step("aten.cat.default", f"cat(value {other}, dim=1)", lambda x, y: torch.cat([x, y], dim=1), 0,
                 other=other)
 
@@ -242,10 +249,9 @@ def _cat(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
 def _requantized_cat(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
     """A sigmoid (fixed output qparams) concatenated with an earlier value: the cat's shared qparams need a
     requantization of the sigmoid's output."""
-    candidates = [i for i, s in enumerate(earlier) if s[0] == 1 and s[2:] == shape[2:]]
-    if not candidates or shape[1] * 2 > 4 * MAX_CHANNELS:
+    other = _cat_partner(draw, shape, earlier)
+    if other is None:
         return None
-    other = draw.choice(candidates)
     return Step("quantized_decomposed.quantize_per_tensor.default", f"cat(sigmoid, value {other}, dim=1)",
                 lambda x, y: torch.cat([torch.sigmoid(x), y], dim=1), 2, other=other)
 

@@ -270,3 +270,20 @@ def test_verify_counts_any_class_of_a_tied_maximum_as_top1(quantized_relu) -> No
         return (out,)
 
     assert verify(tied_elsewhere, quantized, samples).top1_agreement == 0.0
+
+
+def test_top1_margin_is_zero_exactly_on_agreement() -> None:
+    from neutron_backend.verify import top1_margin
+
+    reference = torch.tensor([0.1, 0.9, 0.9, 0.4])
+    assert top1_margin(reference, torch.tensor([0.0, 0.5, 0.2, 0.1])) == 0.0
+    assert top1_margin(reference, torch.tensor([0.0, 0.1, 0.1, 0.7])) == pytest.approx(0.5)
+    # A tie in the output counts for its class the reference ranks highest.
+    assert top1_margin(reference, torch.tensor([0.7, 0.0, 0.7, 0.0])) == 0.0
+
+
+def test_verify_rejects_labels_that_are_not_class_indices(quantized_relu) -> None:
+    quantized, _ = quantized_relu
+    samples = [(torch.eye(10)[i:i + 1],) for i in range(2)]
+    with pytest.raises(ValueError, match=r"class indices in \[0, 9\] \(the outputs have 10 classes\), got \[0, 10\]"):
+        verify(lambda x: (quantized(x),), quantized, samples, labels=[0, 10])
