@@ -195,9 +195,10 @@ def parse_operator_name(text: str) -> OperatorName:
 
 
 _SDK_FLAVOR = re.compile(r"SDK_\d\d_\d\d")
-# The eIQ Neutron SDK ships the converter as a submodule instead of a per-release top-level module.
+# The eIQ Neutron SDK is a package (compiler or converter inside, see neutron_backend.converter) instead of a
+# per-release top-level module.
 _EIQ_NEUTRON_SDK_FLAVOR = "eiq_neutron_sdk"
-_EIQ_NEUTRON_SDK_MODULE = "eiq_neutron_sdk.neutron_converter"
+_EIQ_NEUTRON_SDK_MODULE = "eiq_neutron_sdk"
 _FLAVOR_FORMS = f"'SDK_<yy>_<mm>' (e.g. 'SDK_25_06', 'SDK_25_09', 'SDK_25_12') or {_EIQ_NEUTRON_SDK_FLAVOR!r}"
 
 
@@ -291,7 +292,7 @@ class NeutronCompileOptions:
         """Returns the Python module of the converter for the flavor, or None when no flavor is named.
 
         'SDK_25_06' -> 'neutron_converter_SDK_25_06';
-        'eiq_neutron_sdk' -> 'eiq_neutron_sdk.neutron_converter'.
+        'eiq_neutron_sdk' -> 'eiq_neutron_sdk' (the package; converter.find_converter picks its interface).
         """
         return _converter_module(self.neutron_converter_flavor)
 

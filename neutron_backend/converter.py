@@ -1,25 +1,37 @@
-"""Finding and calling NXP's eIQ Neutron converter for a flavor, isolated from its crashes.
+"""Finding and calling NXP's eIQ Neutron converter (or compiler) for a flavor, isolated from its crashes.
 
-The converter (module ``neutron_converter_<flavor>``, or ``eiq_neutron_sdk.neutron_converter``) turns the Neutron IR
-of one partition into a TFLite model whose single operator is a CUSTOM ``NeutronGraph`` op; the last three inputs
-of that op hold the microcode, weights and kernels that go into the deployable payload.
+NXP ships two Python interfaces, both behind :func:`convert_partition`:
 
-The converter is native code that can abort the process on bad input, so it never runs in this process:
-:func:`convert_partition` starts ``sys.executable`` on a small worker (``_worker_main`` below), hands it the
-Neutron IR and a JSON job description in a temporary directory, captures everything it prints, and reads the
-converted model back from a file. Any failure (exception, non-zero exit, signal, timeout, missing or malformed
-output) becomes a :class:`ConversionError` carrying the converter's log.
+| flavor | module | entry point |
+|---|---|---|
+| ``SDK_<yy>_<mm>`` | ``neutron_converter_SDK_<yy>_<mm>`` | ``convertModel`` |
+| ``eiq_neutron_sdk``, SDK >= ~3.2.2 | ``eiq_neutron_sdk.neutron_compiler`` | ``compileModel`` |
+| ``eiq_neutron_sdk``, older | ``eiq_neutron_sdk.neutron_converter`` | ``convertModel`` |
+
+Each takes ``(list(tflite_bytes), CompilationContext())`` with ``targetOpts = getNeutronTarget(name)`` and
+returns a TFLite model whose single operator is a CUSTOM ``NeutronGraph`` op; the last three inputs of that op hold
+the microcode, weights and kernels that go into the deployable payload. ``eiq_neutron_sdk`` also has
+``neutron_library_utils`` (``isNeutronTarget``, ``getNeutronTargets``), asked before the SDK sees a target name.
+
+The SDK is native code that can abort the process on bad input, so it never runs in this process: conversions
+and target lookups (:func:`sdk_target`) start ``sys.executable`` on a small worker (``_worker_main`` below), hand
+it a JSON job description (and the Neutron IR) in a temporary directory, capture everything it prints, and read
+the result back from a file. Any failure (exception, non-zero exit, signal, timeout, missing or malformed output)
+becomes a :class:`ConversionError` carrying the SDK's log. Which interface an ``eiq_neutron_sdk`` offers is found
+here without importing it (its submodules are looked up as files).
 
 ``extra_flags`` reach the converter as ``CompilationContext().compilationOpts`` attributes: each flag is
 ``--name=value``, ``--name value`` or a bare ``--name`` (True, for a bool option). ``name`` is matched against the
 attribute names ignoring case, ``-`` and ``_``, so ``--excludeGraphPasses=A,B`` and ``--fetch-constants-to-sram``
 both work; the value is converted to the type of the attribute's default. An unknown name is an error listing the
-converter's valid option names.
+converter's valid option names. ``--useProfiling`` needs eIQ Neutron SDK >= 3.2.1 (an error names it otherwise)
+and, as in NXP's flow, also turns on the console dumps and verbose output.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import importlib.util
 import json
 import logging
@@ -30,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +62,8 @@ DEFAULT_TIMEOUT_S = 600.0
 TIMEOUT_ENV = "NEUTRON_CONVERTER_TIMEOUT"
 
 NEUTRON_GRAPH = "NeutronGraph"
+# Graph passes NXP's own flow switches off in the converter; extra_flags (--excludeGraphPasses=...) override it.
+NXP_EXCLUDED_GRAPH_PASSES = "HoistSliceAboveTranspose,MergeTranspose"
 # Where NXP publishes the converter wheels (examples/nxp/setup.sh in ExecuTorch installs from it).
 EIQ_PIP_INDEX = "https://eiq.nxp.com/repository"
 
@@ -91,47 +107,106 @@ class ConversionError(RuntimeError):
         self.returncode = returncode
 
 
+class TargetLookupError(ConversionError):
+    """The SDK's ``getNeutronTarget`` failed, crashed, or returned something without the target's numbers."""
+
+
+@dataclass(frozen=True)
+class ConverterInterface:
+    """Which of NXP's Python interfaces a flavor's SDK offers, found without importing (running) any of it.
+
+    ``module`` holds ``getNeutronTarget``, ``CompilationContext`` and the entry point ``entry``
+    (``convertModel`` or ``compileModel``); ``library_utils`` (``isNeutronTarget``, ``getNeutronTargets``) is
+    None where the SDK has none; ``package`` is the distribution whose version the worker reports.
+    """
+
+    package: str
+    module: str
+    entry: str
+    library_utils: str | None = None
+
+
+# The eIQ Neutron SDK package, newest interface first: from about 3.2.2 the Neutron compiler, before it the
+# converter (reference/facts.md). A per-release `neutron_converter_SDK_<yy>_<mm>` module has the converter API.
+EIQ_NEUTRON_SDK = "eiq_neutron_sdk"
+_EIQ_APIS = (("neutron_compiler", "compileModel"), ("neutron_converter", "convertModel"))
+_EIQ_LIBRARY_UTILS = "neutron_library_utils"
+_CONVERTER_ENTRY = "convertModel"
+# compilationOpts.useProfiling exists from this eIQ Neutron SDK version on.
+USE_PROFILING_MIN_SDK = "3.2.1"
+
+
 # -- finding the converter ------------------------------------------------------------------------------------
 
 
-def _install_hint(module: str, flavor: str) -> str:
-    """Returns how to get the converter for `flavor` and what to do without one."""
+def _install_hint(module: str) -> str:
+    """Returns how to get the converter `module` and what to do without one."""
     package = module.split(".")[0]
     return (
         f"NXP ships the eIQ Neutron converter with the MCUXpresso SDK / eIQ Toolkit as a Python wheel: install "
         f"the one matching the SDK you build firmware with into this Python environment ({sys.executable}), "
         f"e.g. `pip install {package}-<version>-<platform>.whl` from the SDK, or `pip install --index-url "
-        f"{EIQ_PIP_INDEX} {package}` (newer SDKs ship `eiq_neutron_sdk`: use neutron_converter_flavor="
-        f"'eiq_neutron_sdk'). Without a converter, omit neutron_converter_flavor: partitions are then written "
+        f"{EIQ_PIP_INDEX} {package}` (newer SDKs ship `{EIQ_NEUTRON_SDK}`: use neutron_converter_flavor="
+        f"'{EIQ_NEUTRON_SDK}'). Without a converter, omit neutron_converter_flavor: partitions are then written "
         f"as emulation payloads that run on the host (neutron_backend.runtime) but not on a device."
     )
 
 
-def require_converter(options: NeutronCompileOptions) -> str:
-    """Returns the converter module name for ``options.neutron_converter_flavor`` once it is known to be importable.
+def _find_spec(name: str) -> tuple[importlib.machinery.ModuleSpec | None, BaseException | None]:
+    """Returns (the spec of top-level module `name` or None, the error finding it); imports nothing."""
+    try:
+        return importlib.util.find_spec(name), None
+    except (ImportError, ValueError) as error:
+        return None, error
 
-    Raises ConverterNotInstalledError (naming the module, the flavor and how to install it) when it is not, and
-    ValueError when no flavor is set (there is then no converter to look for).
+
+def find_converter(converter_module: str, flavor: str | None = None) -> ConverterInterface:
+    """Returns the interface of the SDK `converter_module` (a module name, or the package ``eiq_neutron_sdk``).
+
+    Nothing of the SDK is imported here (a native SDK may crash its importer): the package's submodules are
+    looked up as files. For ``eiq_neutron_sdk`` the Neutron compiler (``neutron_compiler.compileModel``) wins
+    over the older converter (``neutron_converter.convertModel``). Raises ConverterNotInstalledError naming the
+    module, the flavor and how to install it.
+    """
+    named = f"neutron_converter_flavor={flavor!r}" if flavor is not None else f"module {converter_module!r}"
+    spec, cause = _find_spec(converter_module)
+    if spec is not None and converter_module != EIQ_NEUTRON_SDK:
+        return ConverterInterface(converter_module, converter_module, _CONVERTER_ENTRY)
+    if spec is not None:
+        locations = list(spec.submodule_search_locations or [])
+        found = {
+            name for name in (*(api for api, _ in _EIQ_APIS), _EIQ_LIBRARY_UTILS)
+            if importlib.machinery.PathFinder.find_spec(name, locations) is not None
+        }
+        for api, entry in _EIQ_APIS:
+            if api in found:
+                utils = f"{EIQ_NEUTRON_SDK}.{_EIQ_LIBRARY_UTILS}" if _EIQ_LIBRARY_UTILS in found else None
+                return ConverterInterface(EIQ_NEUTRON_SDK, f"{EIQ_NEUTRON_SDK}.{api}", entry, utils)
+        apis = " or ".join(f"{EIQ_NEUTRON_SDK}.{api}" for api, _ in _EIQ_APIS)
+        raise ConverterNotInstalledError(
+            f"The Neutron converter for {named} is not installed: package {EIQ_NEUTRON_SDK!r} "
+            f"({', '.join(locations)}) has neither {apis}. {_install_hint(converter_module)}",
+            name=converter_module,
+        )
+    why = "" if cause is None or isinstance(cause, ModuleNotFoundError) else f" ({type(cause).__name__}: {cause})"
+    raise ConverterNotInstalledError(
+        f"The Neutron converter for {named} is not installed: Python cannot import module "
+        f"{converter_module!r}{why}. {_install_hint(converter_module)}",
+        name=converter_module,
+    ) from cause
+
+
+def require_converter(options: NeutronCompileOptions) -> ConverterInterface:
+    """Returns the interface of the converter for ``options.neutron_converter_flavor`` once it is known to exist.
+
+    Raises ConverterNotInstalledError (naming the module, the flavor and how to install it) when it does not,
+    and ValueError when no flavor is set (there is then no converter to look for).
     """
     module = options.converter_module
     flavor = options.neutron_converter_flavor
     if module is None or flavor is None:
         raise ValueError("no neutron_converter_flavor is set, so there is no converter to call")
-    try:
-        spec = importlib.util.find_spec(module)
-        cause: BaseException | None = None
-    except (ImportError, ValueError) as error:
-        # find_spec imports the parents of a dotted name: a missing `eiq_neutron_sdk` raises instead of
-        # returning None, and a broken one raises whatever its __init__ raises.
-        spec, cause = None, error
-    if spec is None:
-        why = "" if cause is None or isinstance(cause, ModuleNotFoundError) else f" ({type(cause).__name__}: {cause})"
-        raise ConverterNotInstalledError(
-            f"The Neutron converter for neutron_converter_flavor={flavor!r} is not installed: Python cannot "
-            f"import module {module!r}{why}. {_install_hint(module, flavor)}",
-            name=module,
-        ) from cause
-    return module
+    return find_converter(module, flavor)
 
 
 # -- running it -----------------------------------------------------------------------------------------------
@@ -217,6 +292,67 @@ def _run_worker(job_dir: Path, timeout: float) -> tuple[int | None, str, bool]:
     return returncode, log_path.read_text(encoding="utf-8", errors="replace"), timed_out
 
 
+@dataclass
+class _Outcome:
+    """What one isolated SDK job left behind: its output (None when there is none) or why it failed."""
+
+    output: bytes | None
+    log: str
+    returncode: int | None
+    elapsed: float
+    failure: str | None
+
+
+def _run_job(
+    job: dict[str, Any],
+    input_bytes: bytes,
+    limit: float,
+    keep: Callable[[Path, str], None] | None = None,
+) -> _Outcome:
+    """Runs `job` in the worker with `input_bytes` as its input file, for at most `limit` seconds.
+
+    `keep(job_dir, log)` runs before the job directory is removed (to save files the SDK wrote). The outcome's
+    `failure` says what went wrong (timeout, the worker's error, a crash, no output), or is None.
+    """
+    job = {
+        **job,
+        # The child runs in the job directory, so relative entries ('' is the current directory) are made absolute.
+        "sys_path": [os.path.abspath(p) for p in sys.path if isinstance(p, str)],
+        "input": _INPUT_FILE,
+        "output": _OUTPUT_FILE,
+        "error": _ERROR_FILE,
+    }
+    with tempfile.TemporaryDirectory(prefix="neutron_convert_") as tmp:
+        job_dir = Path(tmp)
+        (job_dir / _INPUT_FILE).write_bytes(input_bytes)
+        (job_dir / _JOB_FILE).write_text(json.dumps(job), encoding="utf-8")
+        started = time.monotonic()
+        returncode, log, timed_out = _run_worker(job_dir, limit)
+        elapsed = time.monotonic() - started
+        if keep is not None:
+            keep(job_dir, log)
+        output_path, error_path = job_dir / _OUTPUT_FILE, job_dir / _ERROR_FILE
+        output = output_path.read_bytes() if output_path.exists() else None
+        if timed_out:
+            failure = f"did not finish within {limit:g} s (set ${TIMEOUT_ENV} to wait longer) and was killed"
+        elif error_path.exists():
+            failure = f"failed: {error_path.read_text(encoding='utf-8', errors='replace').strip()}"
+        elif returncode != 0:
+            failure = "crashed" if returncode is not None and returncode < 0 else "failed"
+        elif not output:
+            failure = "exited without writing its result"
+        else:
+            failure = None
+    return _Outcome(output if failure is None else None, log, returncode, elapsed, failure)
+
+
+def _failure_message(what: str, outcome: _Outcome, saved: str = "") -> str:
+    return (
+        f"{what} {outcome.failure} (after {outcome.elapsed:.1f} s; {_exit_status(outcome.returncode)}){saved}\n"
+        f"--- converter log ---\n{_tail(outcome.log) or '(the converter printed nothing)'}"
+    )
+
+
 def _keep_artifacts(job_dir: Path, lowered: LoweredPartition, options: NeutronCompileOptions, log: str) -> None:
     """Saves the converter log and the files the converter wrote (e.g. its kernel selection code).
 
@@ -239,6 +375,15 @@ def _keep_artifacts(job_dir: Path, lowered: LoweredPartition, options: NeutronCo
         logger.info("converter wrote %s", target)
 
 
+def _interface_job(interface: ConverterInterface) -> dict[str, Any]:
+    return {
+        "package": interface.package,
+        "module": interface.module,
+        "entry": interface.entry,
+        "library_utils": interface.library_utils,
+    }
+
+
 def convert_partition(
     lowered: LoweredPartition, options: NeutronCompileOptions, *, timeout: float | None = None
 ) -> tuple[DeployablePayload, bytes]:
@@ -252,59 +397,33 @@ def convert_partition(
     converter's log) when it fails, crashes, times out or does not convert the whole partition into one
     NeutronGraph, and ValueError for a bad timeout.
     """
-    module = require_converter(options)
+    interface = require_converter(options)
     limit = _timeout(timeout)
     job = {
-        "module": module,
+        "kind": "convert",
+        **_interface_job(interface),
         "target": options.target.name,
         "compilation_opts": {
             # One NeutronGraph per partition, however small: the partitioner already decided it is worth it.
             "minNumOpsPerGraph": 1,
+            "excludeGraphPasses": NXP_EXCLUDED_GRAPH_PASSES,
             "fetchConstantsToSRAM": options.fetch_constants_to_sram,
             "dumpKernelSelectionCode": options.dump_kernel_selection_code,
         },
         "extra_flags": list(options.extra_flags),
-        # The child runs in the job directory, so relative entries ('' is the current directory) are made absolute.
-        "sys_path": [os.path.abspath(p) for p in sys.path if isinstance(p, str)],
-        "input": _INPUT_FILE,
-        "output": _OUTPUT_FILE,
-        "error": _ERROR_FILE,
     }
-    what = f"Neutron converter {module} (target {options.target.name})"
-    with tempfile.TemporaryDirectory(prefix="neutron_convert_") as tmp:
-        job_dir = Path(tmp)
-        (job_dir / _INPUT_FILE).write_bytes(lowered.tflite)
-        (job_dir / _JOB_FILE).write_text(json.dumps(job), encoding="utf-8")
-        started = time.monotonic()
-        logger.info("running %s on a %d-operator partition", what, lowered.num_operators)
-        returncode, log, timed_out = _run_worker(job_dir, limit)
-        elapsed = time.monotonic() - started
-        _keep_artifacts(job_dir, lowered, options, log)
-        saved = (
-            f" (full log: {options.intermediates_dir / (lowered.file_stem + '.converter.log')})"
-            if options.intermediates_dir is not None
-            else ""
-        )
-        output_path, error_path = job_dir / _OUTPUT_FILE, job_dir / _ERROR_FILE
-
-        def failure(reason: str) -> ConversionError:
-            return ConversionError(
-                f"{what} {reason} (after {elapsed:.1f} s; {_exit_status(returncode)}){saved}\n"
-                f"--- converter log ---\n{_tail(log) or '(the converter printed nothing)'}",
-                log=log,
-                returncode=returncode,
-            )
-
-        if timed_out:
-            raise failure(f"did not finish within {limit:g} s (set ${TIMEOUT_ENV} to wait longer) and was killed")
-        if error_path.exists():
-            raise failure(f"failed: {error_path.read_text(encoding='utf-8', errors='replace').strip()}")
-        if returncode != 0:
-            raise failure("crashed" if returncode is not None and returncode < 0 else "failed")
-        if not output_path.exists() or output_path.stat().st_size == 0:
-            raise failure("exited without writing a converted model")
-        converted = output_path.read_bytes()
-    logger.info("%s converted the partition in %.1f s", what, elapsed)
+    what = f"Neutron converter {interface.module}.{interface.entry} (target {options.target.name})"
+    logger.info("running %s on a %d-operator partition", what, lowered.num_operators)
+    outcome = _run_job(job, lowered.tflite, limit, lambda job_dir, log: _keep_artifacts(job_dir, lowered, options, log))
+    saved = (
+        f" (full log: {options.intermediates_dir / (lowered.file_stem + '.converter.log')})"
+        if options.intermediates_dir is not None
+        else ""
+    )
+    if outcome.failure is not None or outcome.output is None:
+        raise ConversionError(_failure_message(what, outcome, saved), log=outcome.log, returncode=outcome.returncode)
+    converted, log = outcome.output, outcome.log
+    logger.info("%s converted the partition in %.1f s", what, outcome.elapsed)
     if log.strip():
         logger.debug("converter log:\n%s", _tail(log))
     try:
@@ -314,9 +433,45 @@ def convert_partition(
         raise ConversionError(
             f"{what}: {error}{saved}\n--- converter log ---\n{_tail(log) or '(the converter printed nothing)'}",
             log=log,
-            returncode=returncode,
+            returncode=outcome.returncode,
         ) from error
     return payload, converted
+
+
+# -- the SDK's target description -----------------------------------------------------------------------------
+
+# A target lookup only reads a table; a minute means the SDK hangs.
+TARGET_LOOKUP_TIMEOUT_S = 60.0
+# Lookups already made in this process: (converter module, target, sys.path) -> numbers or the error.
+_target_lookups: dict[tuple[str, str, tuple[str, ...]], dict[str, Any] | TargetLookupError] = {}
+
+
+def sdk_target(converter_module: str, name: str) -> dict[str, Any]:
+    """Returns the SDK's description of target `name`: ``numMacs``, ``numPipes``, ``subsystem`` (and, where the
+    SDK has them, ``numUnits``, ``hwVersion``), ``module`` (the SDK module asked) and ``version`` (the SDK's, or
+    None), from ``getNeutronTarget`` of `converter_module`, run in a worker process like a conversion, so a
+    crashing native SDK cannot take this process down. Results (and failures) are remembered per module,
+    target and sys.path.
+
+    Raises ConverterNotInstalledError when the SDK is not installed, TargetLookupError (with the SDK's log) when
+    the lookup fails, crashes, times out, or names no such target.
+    """
+    interface = find_converter(converter_module)
+    key = (converter_module, name, tuple(p for p in sys.path if isinstance(p, str)))
+    if key not in _target_lookups:
+        job = {"kind": "target", **_interface_job(interface), "target": name}
+        outcome = _run_job(job, b"", TARGET_LOOKUP_TIMEOUT_S)
+        what = f"{interface.module}.getNeutronTarget({name!r})"
+        result: dict[str, Any] | TargetLookupError
+        if outcome.failure is not None or outcome.output is None:
+            result = TargetLookupError(_failure_message(what, outcome), log=outcome.log, returncode=outcome.returncode)
+        else:
+            result = json.loads(outcome.output)
+        _target_lookups[key] = result
+    result = _target_lookups[key]
+    if isinstance(result, TargetLookupError):
+        raise result
+    return dict(result)
 
 
 # -- reading its result ---------------------------------------------------------------------------------------
@@ -556,9 +711,77 @@ def apply_extra_flags(compilation_opts: object, flags: list[str] | tuple[str, ..
     return changed
 
 
-def _worker_main(job: dict[str, Any]) -> int:
-    """Runs one conversion job in the worker process; returns the process exit code (0 on success).
+def _sdk_version(package: str) -> str | None:
+    """Returns the installed version of SDK `package` (its __version__, else its distribution's), or None."""
+    version = getattr(sys.modules.get(package), "__version__", None)
+    if isinstance(version, str):
+        return version
+    from importlib import metadata
 
+    for distribution in (package, package.replace("_", "-")):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+def _check_target_name(job: dict[str, Any]) -> None:
+    """Raises ValueError listing the SDK's targets when its library utils do not know ``job['target']``.
+
+    NXP's SDK crashes on a target it does not know, so it is asked first where it can be.
+    """
+    if job["library_utils"] is None:
+        return
+    utils = importlib.import_module(job["library_utils"])
+    if not utils.isNeutronTarget(job["target"]):
+        valid = [getattr(target, "name", target) for target in utils.getNeutronTargets()]
+        raise ValueError(f"{job['package']} does not know Neutron target {job['target']!r}; its targets: {valid}")
+
+
+def _target_numbers(module: Any, name: str) -> dict[str, Any]:
+    """Returns what `module.getNeutronTarget(name)` says about the target, as JSON-ready values."""
+    description = module.getNeutronTarget(name)
+    npu = getattr(description, "npu", description)
+    numbers: dict[str, Any] = {}
+    for field, kind in (("numMacs", int), ("numPipes", int), ("subsystem", bool), ("numUnits", int),
+                        ("hwVersion", str)):
+        value = getattr(npu, field, None)
+        numbers[field] = None if value is None else kind(value)
+    return numbers
+
+
+def _check_profiling(opts: Any, job: dict[str, Any], version: str | None) -> None:
+    """Raises ValueError naming the SDK version needed when --useProfiling is asked of an SDK without it."""
+    asked = any(_normalized(flag) == "useprofiling" for flag, _ in parse_extra_flags(job["extra_flags"]))
+    if asked and not hasattr(opts, "useProfiling"):
+        installed = f"{job['package']} {version}" if version else job["module"]
+        hint = "" if job["package"] == EIQ_NEUTRON_SDK else f" (neutron_converter_flavor='{EIQ_NEUTRON_SDK}')"
+        raise ValueError(
+            f"--useProfiling needs eIQ Neutron SDK >= {USE_PROFILING_MIN_SDK}{hint}; the installed {installed} "
+            f"has no useProfiling option. Install {EIQ_NEUTRON_SDK} >= {USE_PROFILING_MIN_SDK} or drop the flag"
+        )
+
+
+# What NXP's flow sets along with useProfiling: the imported and generated graphs dumped to the console, verbose
+# output, and the microcode dump where the SDK has it.
+_PROFILING_COMPANIONS = {"dumpAfterImport": "console", "dumpAfterGenerate": "console", "verbose": True,
+                         "dumpMicrocode": True}
+
+
+def _set_profiling_companions(opts: Any, flags_set: list[str]) -> None:
+    """With useProfiling on, sets the options NXP's flow sets with it, except those the user's flags set."""
+    if getattr(opts, "useProfiling", False) is not True:
+        return
+    for name, value in _PROFILING_COMPANIONS.items():
+        if hasattr(opts, name) and name not in flags_set and isinstance(getattr(opts, name), type(value)):
+            setattr(opts, name, value)
+
+
+def _worker_main(job: dict[str, Any]) -> int:
+    """Runs one SDK job in the worker process; returns the process exit code (0 on success).
+
+    A "convert" job converts the input model; a "target" job writes the SDK's target description as JSON.
     On failure the error is written to the job's error file and its traceback to stderr (the captured log).
     """
     import traceback
@@ -566,6 +789,13 @@ def _worker_main(job: dict[str, Any]) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="neutron_backend worker: %(message)s")
     try:
         module = importlib.import_module(job["module"])
+        version = _sdk_version(job["package"])
+        _check_target_name(job)
+        if job["kind"] == "target":
+            numbers = _target_numbers(module, job["target"])
+            numbers["module"], numbers["version"] = job["module"], version
+            Path(job["output"]).write_text(json.dumps(numbers), encoding="utf-8")
+            return 0
         cctx = module.CompilationContext()
         cctx.targetOpts = module.getNeutronTarget(job["target"])
         opts = cctx.compilationOpts
@@ -575,16 +805,20 @@ def _worker_main(job: dict[str, Any]) -> int:
                 setattr(opts, name, value)
             elif value:
                 raise ValueError(f"{job['module']} has no compilation option {name!r}, which was requested")
+        _check_profiling(opts, job, version)
         changed = apply_extra_flags(opts, job["extra_flags"])
-        shown = sorted(set(job["compilation_opts"]) | set(changed))
+        _set_profiling_companions(opts, changed)
+        shown = sorted(set(job["compilation_opts"]) | set(changed) | set(_PROFILING_COMPANIONS))
         logger.info(
-            "%s for %s with %s",
+            "%s.%s (%s) for %s with %s",
             job["module"],
+            job["entry"],
+            version or "version unknown",
             job["target"],
             ", ".join(f"{n}={getattr(opts, n)!r}" for n in shown if hasattr(opts, n)),
         )
         tflite = Path(job["input"]).read_bytes()
-        result = module.convertModel(list(tflite), cctx)
+        result = getattr(module, job["entry"])(list(tflite), cctx)
         Path(job["output"]).write_bytes(bytes(result))
     except Exception as error:  # noqa: BLE001 - every failure is reported to the parent, with its traceback
         traceback.print_exc()

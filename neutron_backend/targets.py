@@ -6,7 +6,6 @@ When NXP's converter is installed, `getNeutronTarget` from it wins over this tab
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 from dataclasses import dataclass, replace
 
@@ -111,28 +110,47 @@ def _closest(name: str, choices: list[str]) -> list[str]:
     return difflib.get_close_matches(name.lower(), choices, n=3, cutoff=0.4)
 
 
+# (converter module, target) pairs whose SDK lookup failed and was reported; it is reported once.
+_reported_sdk_failures: set[tuple[str, str]] = set()
+
+
 def _from_sdk(target: NeutronTarget, converter_module: str | None) -> NeutronTarget:
-    """Overrides the table's numbers with the SDK's `getNeutronTarget` when the converter is importable."""
+    """Overrides the table's numbers with the SDK's `getNeutronTarget` when the converter is installed.
+
+    The lookup runs in a worker process (neutron_backend.converter.sdk_target), as conversions do: a native SDK
+    that crashes cannot take this process down. When it fails, a warning says why and the table stands.
+    """
     if converter_module is None:
         return target
+    from neutron_backend.converter import ConverterNotInstalledError, TargetLookupError, sdk_target
+
     try:
-        module = importlib.import_module(converter_module)
-        sdk = module.getNeutronTarget(target.name)
-    except Exception as error:  # noqa: BLE001 - a broken SDK must not stop partitioning; the table stands
-        logger.debug("getNeutronTarget(%r) unavailable from %s: %s", target.name, converter_module, error)
+        sdk = sdk_target(converter_module, target.name)
+    except ConverterNotInstalledError as error:
+        logger.debug("getNeutronTarget(%r) unavailable: %s", target.name, error)
         return target
-    npu = getattr(sdk, "npu", sdk)
+    except TargetLookupError as error:
+        if (converter_module, target.name) not in _reported_sdk_failures:
+            _reported_sdk_failures.add((converter_module, target.name))
+            logger.warning("Using the built-in numbers of target %r: %s", target.name, error)
+        return target
     try:
-        return replace(
-            target,
-            num_macs=int(npu.numMacs),
-            num_pipes=int(npu.numPipes),
-            subsystem=bool(getattr(npu, "subsystem", target.subsystem)),
-            source=f"{converter_module}.getNeutronTarget",
-        )
-    except (AttributeError, TypeError, ValueError) as error:
-        logger.warning("Ignoring malformed getNeutronTarget(%r) from %s: %s", target.name, converter_module, error)
+        num_macs, num_pipes = int(sdk["numMacs"]), int(sdk["numPipes"])
+        if num_macs <= 0 or num_pipes <= 0:
+            raise ValueError(f"numMacs={num_macs}, numPipes={num_pipes} must be positive")
+    except (KeyError, TypeError, ValueError) as error:
+        logger.warning("Ignoring malformed getNeutronTarget(%r) from %s (%s): %s", target.name, converter_module,
+                       sdk, error)
         return target
+    subsystem = sdk.get("subsystem")
+    return replace(
+        target,
+        num_macs=num_macs,
+        num_pipes=num_pipes,
+        subsystem=target.subsystem if subsystem is None else bool(subsystem),
+        source=f"{sdk.get('module', converter_module)}.getNeutronTarget"
+        + (f" (SDK {sdk['version']})" if sdk.get("version") else ""),
+    )
 
 
 def get_target(name: str, converter_module: str | None = None) -> NeutronTarget:

@@ -181,7 +181,7 @@ def test_non_string_target_is_an_error():
     [
         ("SDK_25_06", "neutron_converter_SDK_25_06"),
         ("SDK_25_12", "neutron_converter_SDK_25_12"),
-        ("eiq_neutron_sdk", "eiq_neutron_sdk.neutron_converter"),
+        ("eiq_neutron_sdk", "eiq_neutron_sdk"),
         (None, None),
     ],
 )

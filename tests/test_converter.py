@@ -1,7 +1,10 @@
 """The converter layer: finding the eIQ Neutron converter, running it isolated, and the deployable payload.
 
 NXP's converter is proprietary and not installable here, so these tests use TEST DOUBLES from
-tests/fake_converter/ (importable as `neutron_converter_SDK_25_06` & co. once that directory is on the path). The
+tests/fake_converter/ (importable as `neutron_converter_SDK_25_06`, `eiq_neutron_sdk` (the older converter
+interface) & co. once that directory is on the path; tests/fake_converter/compiler_sdk/ holds the double of the
+newer `eiq_neutron_sdk` with the Neutron compiler). The doubles record every call made into them and the options
+they were given, so the tests check the exact calls. The
 expected payload bytes are computed here from reference/facts.md ("Deployable payload"), not from the code under
 test, and compared with what the double produced (recorded under $FAKE_NEUTRON_RECORD_DIR).
 """
@@ -14,6 +17,7 @@ import os
 import struct
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,10 +29,12 @@ from ai_edge_litert import schema_py_generated as schema
 from neutron_backend.compile_spec import NeutronCompileOptions, generate_neutron_compile_spec
 from neutron_backend.converter import (
     ConversionError,
+    ConverterInterface,
     ConverterNotInstalledError,
     apply_extra_flags,
     convert_partition,
     extract_deployable,
+    find_converter,
     parse_extra_flags,
     require_converter,
 )
@@ -327,19 +333,156 @@ def test_payload_fields_from_the_neutron_graph(fake_converter: Path) -> None:
     assert extract_deployable(converted, add_partition()) == payload
 
 
-def test_eiq_neutron_sdk_flavor_and_payload_version_0(fake_converter: Path) -> None:
-    assert require_converter(options("eiq_neutron_sdk")) == "eiq_neutron_sdk.neutron_converter"
-    payload, _ = convert_partition(add_partition(), options("eiq_neutron_sdk"))
+# -- the two SDK interfaces: exact calls and options -----------------------------------------------------------
+
+# What the backend sets on every conversion (reference/facts.md: NXP's flow passes the same two).
+BASE_OPTIONS = {
+    "minNumOpsPerGraph": 1,
+    "excludeGraphPasses": "HoistSliceAboveTranspose,MergeTranspose",
+    "fetchConstantsToSRAM": False,
+    "dumpKernelSelectionCode": False,
+}
+# The defaults of the doubles' other options (fake_neutron_common.OPTION_DEFAULTS), written out independently.
+UNTOUCHED = {"dumpAfterImport": "", "dumpAfterGenerate": "", "verbose": False}
+
+
+def recorded_calls(record_dir: Path) -> list[list[object]]:
+    """Returns the calls the (single) conversion's worker made into the double's API, in order."""
+    (directory,) = list(record_dir.iterdir())
+    return json.loads((directory / "calls.json").read_text())
+
+
+@pytest.fixture
+def fake_compiler_sdk(fake_converter: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Puts the double of the newer eiq_neutron_sdk (neutron_compiler) ahead of the older one on the path."""
+    monkeypatch.syspath_prepend(str(FAKE_DIR / "compiler_sdk"))
+    return fake_converter
+
+
+def test_per_release_converter_module_gets_the_exact_calls_and_options(fake_converter: Path) -> None:
+    interface = require_converter(options("SDK_25_06"))
+    assert interface == ConverterInterface(
+        "neutron_converter_SDK_25_06", "neutron_converter_SDK_25_06", "convertModel", None
+    )
+    convert_partition(add_partition(), options("SDK_25_06"))
+    tflite = add_partition().tflite
+    # No library utils in a per-release module: the target goes straight to getNeutronTarget.
+    assert recorded_calls(fake_converter) == [
+        ["CompilationContext"],
+        ["getNeutronTarget", "imxrt700"],
+        ["convertModel", len(tflite)],
+    ]
+    assert recorded(fake_converter)["options"] == {**BASE_OPTIONS, **UNTOUCHED, "useProfiling": False}
+
+
+def test_eiq_neutron_sdk_converter_interface_calls_options_and_payload_version_0(fake_converter: Path) -> None:
+    assert require_converter(options("eiq_neutron_sdk")) == ConverterInterface(
+        "eiq_neutron_sdk", "eiq_neutron_sdk.neutron_converter", "convertModel", "eiq_neutron_sdk.neutron_library_utils"
+    )
+    payload, _ = convert_partition(add_partition(), options("eiq_neutron_sdk", fetch_constants_to_sram=True))
     # This double keeps the input order and has no profile/debug outputs: version 0.
     assert payload.version == 0 and payload.input_map == (0, 1) and payload.input_formats == (0, 1)
     assert payload.to_bytes()[9] == 0
+    # The target name is checked with the library utils before the SDK sees it.
+    assert recorded_calls(fake_converter) == [
+        ["isNeutronTarget", "imxrt700"],
+        ["CompilationContext"],
+        ["getNeutronTarget", "imxrt700"],
+        ["convertModel", len(add_partition().tflite)],
+    ]
+    # SDK 3.1.2 has no useProfiling, and none is set.
+    assert recorded(fake_converter)["options"] == {**BASE_OPTIONS, **UNTOUCHED, "fetchConstantsToSRAM": True}
 
 
-def test_missing_eiq_neutron_sdk_parent_package_is_not_installed_error() -> None:
-    with pytest.raises(ConverterNotInstalledError, match=r"eiq_neutron_sdk\.neutron_converter"):
+def test_eiq_neutron_sdk_compiler_interface_calls_options_and_payload(
+    fake_compiler_sdk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where the kernel selection code lands
+    interface = require_converter(options("eiq_neutron_sdk"))
+    assert (interface.module, interface.entry) == ("eiq_neutron_sdk.neutron_compiler", "compileModel")
+    flags = ("--excludeGraphPasses=MergeTranspose", "--minNumOpsPerGraph", "2")
+    payload, _ = convert_partition(
+        add_partition(), options("eiq_neutron_sdk", extra_flags=flags, dump_kernel_selection_code=True)
+    )
+    produced = recorded(fake_compiler_sdk)
+    assert recorded_calls(fake_compiler_sdk) == [
+        ["isNeutronTarget", "imxrt700"],
+        ["CompilationContext"],
+        ["getNeutronTarget", "imxrt700"],
+        ["compileModel", len(add_partition().tflite)],
+    ]
+    # extra_flags reach the compiler and win over the backend's own settings; profiling stays off unless asked.
+    assert produced["options"] == {
+        **BASE_OPTIONS,
+        **UNTOUCHED,
+        "excludeGraphPasses": "MergeTranspose",
+        "minNumOpsPerGraph": 2,
+        "dumpKernelSelectionCode": True,
+        "useProfiling": False,
+        "dumpMicrocode": False,
+    }
+    assert payload.version == 1 and payload.input_map == (1, 0)
+    assert (payload.microcode, payload.weights, payload.kernels) == (
+        produced["microcode"],
+        produced["weights"],
+        produced["kernels"],
+    )
+
+
+def test_use_profiling_sets_what_nxp_sets_with_it_and_user_flags_win(fake_compiler_sdk: Path) -> None:
+    convert_partition(add_partition(), options("eiq_neutron_sdk", extra_flags=("--use-profiling", "--verbose=no")))
+    assert recorded(fake_compiler_sdk)["options"] == {
+        **BASE_OPTIONS,
+        "useProfiling": True,
+        "dumpAfterImport": "console",
+        "dumpAfterGenerate": "console",
+        "dumpMicrocode": True,
+        "verbose": False,
+    }
+
+
+def test_use_profiling_on_an_sdk_without_it_names_the_version_needed(fake_converter: Path) -> None:
+    with pytest.raises(ConversionError) as caught:
+        convert_partition(add_partition(), options("eiq_neutron_sdk", extra_flags=("--useProfiling",)))
+    message = str(caught.value)
+    assert "--useProfiling needs eIQ Neutron SDK >= 3.2.1" in message
+    assert "the installed eiq_neutron_sdk 3.1.2 has no useProfiling option" in message
+    assert list(fake_converter.glob("*")) == []  # nothing was converted
+
+
+def test_target_unknown_to_the_sdk_is_refused_before_the_sdk_sees_it(
+    fake_compiler_sdk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lookups = tmp_path / "lookups.jsonl"
+    monkeypatch.setenv("FAKE_NEUTRON_LOOKUP_LOG", str(lookups))
+    renamed = replace(get_target("imxrt700"), name="imxrt600")
+    unknown = NeutronCompileOptions(target=renamed, neutron_converter_flavor="eiq_neutron_sdk")
+    with pytest.raises(ConversionError) as caught:
+        convert_partition(add_partition(), unknown)
+    expected = "eiq_neutron_sdk does not know Neutron target 'imxrt600'; its targets: ['imxrt700', 'mcxn94x', 'imx95']"
+    assert expected in str(caught.value)
+    assert not lookups.exists()  # getNeutronTarget was never called
+
+
+def test_missing_eiq_neutron_sdk_is_not_installed_error() -> None:
+    with pytest.raises(ConverterNotInstalledError, match=r"flavor='eiq_neutron_sdk'.*module 'eiq_neutron_sdk'"):
         require_converter(options("eiq_neutron_sdk"))
     with pytest.raises(ValueError, match="no neutron_converter_flavor"):
         require_converter(options(None))
+
+
+def test_eiq_neutron_sdk_without_either_interface_is_found_out_without_importing_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    package = tmp_path / "eiq_neutron_sdk"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise RuntimeError('the SDK package must not be imported here')\n")
+    (package / "neutron_library_utils.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ConverterNotInstalledError) as caught:
+        find_converter("eiq_neutron_sdk", "eiq_neutron_sdk")
+    assert "has neither eiq_neutron_sdk.neutron_compiler or eiq_neutron_sdk.neutron_converter" in str(caught.value)
+    assert "eiq_neutron_sdk" not in sys.modules
 
 
 def test_partial_conversion_is_not_fully_convertible(fake_converter: Path) -> None:
@@ -427,9 +570,9 @@ def test_parse_extra_flags_forms() -> None:
 def test_apply_extra_flags_types_values_like_the_option(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(FAKE_DIR))
     try:
-        from fake_neutron_common import CompilationOptions
+        from fake_neutron_common import OPTION_DEFAULTS, CompilationOptions
 
-        opts = CompilationOptions()
+        opts = CompilationOptions(OPTION_DEFAULTS)
         changed = apply_extra_flags(opts, ["--minNumOpsPerGraph=4", "--excludeGraphPasses", "A,B", "--VERBOSE=yes"])
         assert changed == ["minNumOpsPerGraph", "excludeGraphPasses", "verbose"]
         assert (opts.minNumOpsPerGraph, opts.excludeGraphPasses, opts.verbose) == (4, "A,B", True)

@@ -48,14 +48,3 @@ def test_unknown_target_lists_valid_ones_and_the_closest():
 def test_non_string_target_is_rejected_with_its_type():
     with pytest.raises(UnknownTargetError, match="got int 700"):
         get_target(700)
-
-
-def test_sdk_target_overrides_the_table(tmp_path, monkeypatch):
-    # A stand-in for the SDK's getNeutronTarget: the real converter is proprietary and not installable here.
-    (tmp_path / "fake_sdk_target.py").write_text(
-        "class _Npu:\n    numMacs = 16\n    numPipes = 4\n    subsystem = False\n"
-        "def getNeutronTarget(name):\n    return _Npu()\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    target = get_target("imxrt700", converter_module="fake_sdk_target")
-    assert (target.num_macs, target.num_pipes, target.source) == (16, 4, "fake_sdk_target.getNeutronTarget")
-    assert get_target("imxrt700", converter_module="no_such_sdk_module").num_macs == 8

@@ -8,8 +8,13 @@ of the compilation options the double received, so tests can prove that options 
 produced here runs on Neutron hardware.
 
 With $FAKE_NEUTRON_RECORD_DIR set, each conversion also writes what it produced (microcode.bin, weights.bin,
-kernels.bin, options.json) to ``$FAKE_NEUTRON_RECORD_DIR/<sha256 of the input, 12 hex digits>/``, so a test can
-compare the payload with the double's output without going through the code under test.
+kernels.bin, options.json) and every call the process made into the double's API, in order (calls.json) to
+``$FAKE_NEUTRON_RECORD_DIR/<sha256 of the input, 12 hex digits>/``, so a test can compare the payload with the
+double's output without going through the code under test. With $FAKE_NEUTRON_LOOKUP_LOG set, every
+``getNeutronTarget`` call appends a JSON line (target name, process id, the calls so far) to that file.
+
+Each SDK double states its own compilation options (``CompilationContext.for_options``): an SDK older than 3.2.1
+has no ``useProfiling``, and setting an option a double does not have fails as on NXP's pybind11 objects.
 """
 
 from __future__ import annotations
@@ -45,6 +50,13 @@ OPTION_DEFAULTS = {
     "dumpAfterGenerate": "",
     "verbose": False,
 }
+# An eIQ Neutron SDK before 3.2.1: no useProfiling.
+OPTIONS_BEFORE_PROFILING = {name: value for name, value in OPTION_DEFAULTS.items() if name != "useProfiling"}
+# The Neutron compiler (eIQ Neutron SDK >= 3.2.2) with its microcode dump.
+COMPILER_OPTIONS = {**OPTION_DEFAULTS, "dumpMicrocode": False}
+
+# Every call this process made into a double's API, in order: [function name, arguments...].
+CALLS: list[list[object]] = []
 
 _TARGETS = {"imxrt700": (8, 8, 1, "N3", False), "mcxn94x": (8, 2, 1, "N1", False), "imx95": (8, 128, 1, "S", True)}
 
@@ -63,31 +75,60 @@ class NeutronTarget:
 
 def getNeutronTarget(name: str) -> NeutronTarget:  # noqa: N802 - NXP's API name
     """Returns the target called `name`; raises ValueError for an unknown one."""
+    CALLS.append(["getNeutronTarget", name])
+    log = os.environ.get("FAKE_NEUTRON_LOOKUP_LOG")
+    if log:
+        with open(log, "a", encoding="utf-8") as file:
+            file.write(json.dumps({"target": name, "pid": os.getpid(), "calls": CALLS}) + "\n")
     if name not in _TARGETS:
         raise ValueError(f"unknown Neutron target {name!r}")
     return NeutronTarget(name, *_TARGETS[name])
 
 
+def isNeutronTarget(name: str) -> bool:  # noqa: N802 - NXP's API name (neutron_library_utils)
+    """Returns whether `name` is a target this double knows."""
+    CALLS.append(["isNeutronTarget", name])
+    return name in _TARGETS
+
+
+def getNeutronTargets() -> list[NeutronTarget]:  # noqa: N802 - NXP's API name (neutron_library_utils)
+    """Returns every target this double knows."""
+    CALLS.append(["getNeutronTargets"])
+    return [NeutronTarget(name, *numbers) for name, numbers in _TARGETS.items()]
+
+
 class CompilationOptions:
     """Compilation options; like a pybind11 object, it rejects attributes it does not have."""
 
-    __slots__ = tuple(OPTION_DEFAULTS)
+    def __init__(self, defaults: dict[str, object]) -> None:
+        object.__setattr__(self, "_defaults", dict(defaults))
+        for name, value in defaults.items():
+            object.__setattr__(self, name, value)
 
-    def __init__(self) -> None:
-        for name, value in OPTION_DEFAULTS.items():
-            setattr(self, name, value)
+    def __setattr__(self, name: str, value: object) -> None:
+        if name not in self._defaults:
+            raise AttributeError(f"'CompilationOptions' object has no attribute '{name}'")
+        object.__setattr__(self, name, value)
 
     def as_dict(self) -> dict[str, object]:
         """Returns every option and its value."""
-        return {name: getattr(self, name) for name in self.__slots__}
+        return {name: getattr(self, name) for name in self._defaults}
 
 
 class CompilationContext:
-    """What convertModel takes: target options and compilation options."""
+    """What convertModel/compileModel take: target options and compilation options (OPTION_DEFAULTS)."""
+
+    OPTIONS: dict[str, object] = OPTION_DEFAULTS
 
     def __init__(self) -> None:
+        CALLS.append(["CompilationContext"])
         self.targetOpts: NeutronTarget | None = None
-        self.compilationOpts = CompilationOptions()
+        self.compilationOpts = CompilationOptions(self.OPTIONS)
+
+    @classmethod
+    def for_options(cls, options: dict[str, object]) -> type[CompilationContext]:
+        """Returns a CompilationContext class whose compilation options are `options` (name -> default)."""
+        return type("CompilationContext", (cls,), {"OPTIONS": options})
 
 
 def _log(message: str) -> None:
@@ -234,7 +275,7 @@ def build_neutron_model(
 
 
 def record(tflite: bytes, microcode: bytes, weights: bytes, kernels: bytes, options: dict) -> None:
-    """Writes what a conversion produced under $FAKE_NEUTRON_RECORD_DIR, when it is set."""
+    """Writes what a conversion produced, and the calls made so far, under $FAKE_NEUTRON_RECORD_DIR, when set."""
     root = os.environ.get("FAKE_NEUTRON_RECORD_DIR")
     if not root:
         return
@@ -243,10 +284,13 @@ def record(tflite: bytes, microcode: bytes, weights: bytes, kernels: bytes, opti
     for name, data in (("microcode.bin", microcode), ("weights.bin", weights), ("kernels.bin", kernels)):
         (directory / name).write_bytes(data)
     (directory / "options.json").write_text(json.dumps(options, sort_keys=True))
+    (directory / "calls.json").write_text(json.dumps(CALLS))
 
 
-def convert(model: list[int], cctx: CompilationContext, **build: object) -> list[int]:
-    """The double's convertModel: returns the converted model as a list of byte values (as NXP's does)."""
+def convert(model: list[int], cctx: CompilationContext, entry: str = "convertModel", **build: object) -> list[int]:
+    """The double's `entry` (convertModel or compileModel): returns the converted model as a list of byte values
+    (as NXP's does)."""
+    CALLS.append([entry, len(model) if isinstance(model, list) else type(model).__name__])
     if not isinstance(model, list):
         raise TypeError(f"convertModel takes a list of byte values, got {type(model).__name__}")
     if cctx.targetOpts is None:
