@@ -213,3 +213,37 @@ def test_importing_neutron_backend_does_not_import_executorch_export() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+class ConvBatchNormDropout(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.dropout = torch.nn.Dropout(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(torch.relu(self.bn(self.conv(x))))
+
+
+def test_ptq_recipe_quantizes_a_model_left_in_train_mode_as_in_eval_mode() -> None:
+    from executorch.export.stages import PipelineArtifact, QuantizeStage
+
+    torch.manual_seed(0)
+    net = ConvBatchNormDropout()
+    net.bn.running_mean.uniform_(-1, 1)
+    net.bn.running_var.uniform_(0.5, 2.0)
+    calibration = batches(3, seed=5)
+    stage = QuantizeStage(neutron_recipe().quantization_recipe)
+    stage.run(PipelineArtifact(data={"forward": net.train()}, context={"example_inputs": {"forward": calibration}}))
+    quantized = stage.get_artifacts().data["forward"]
+
+    # Reference: the same quantizer on the model put in eval mode by hand (running statistics, no dropout).
+    prepared = prepare_pt2e(torch.export.export(net.eval(), calibration[0]).module(), NeutronQuantizer("imxrt700"))
+    with torch.no_grad():
+        for inputs in calibration:
+            prepared(*inputs)
+    reference = convert_pt2e(prepared)
+    assert qparams(quantized) == qparams(reference)
+    for (x,) in batches(2, seed=6):
+        assert torch.equal(quantized(x), reference(x))
