@@ -7,6 +7,7 @@ calibration inputs (DESIGN §7: the quantized model is the reference; at most 1 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,32 @@ def test_ptq_recipe_quantizes_a_model_left_in_train_mode_as_in_eval_mode() -> No
     assert qparams(quantized) == qparams(reference)
     for (x,) in batches(2, seed=6):
         assert torch.equal(quantized(x), reference(x))
+
+
+def test_recipe_with_the_eiq_neutron_sdk_flavor_compiles_with_the_compiler_double(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # TEST DOUBLE of NXP's eiq_neutron_sdk with the Neutron compiler (tests/fake_converter/compiler_sdk).
+    fake_dir = Path(__file__).parent / "fake_converter"
+    monkeypatch.syspath_prepend(str(fake_dir))
+    monkeypatch.syspath_prepend(str(fake_dir / "compiler_sdk"))
+    monkeypatch.setenv("FAKE_NEUTRON_RECORD_DIR", str(tmp_path / "record"))
+    try:
+        recipe = neutron_recipe("mcxn94x", neutron_converter_flavor="eiq_neutron_sdk", extra_flags="--use-profiling")
+        session = export(model(), batches(2, seed=7), export_recipe=recipe)
+        graph_module = session.get_edge_program_manager().exported_program().graph_module
+        (delegate,) = [m for m in graph_module.children() if isinstance(m, LoweredBackendModule)]
+        (record,) = list((tmp_path / "record").iterdir())
+        calls = json.loads((record / "calls.json").read_text())
+        options = json.loads((record / "options.json").read_text())
+    finally:
+        for name, module in list(sys.modules.items()):
+            if str(getattr(module, "__file__", None) or "").startswith(str(fake_dir)):
+                del sys.modules[name]
+    assert [call[0] for call in calls] == ["isNeutronTarget", "CompilationContext", "getNeutronTarget", "compileModel"]
+    assert calls[0] == ["isNeutronTarget", "mcxn94x"]
+    assert options["useProfiling"] is True and options["minNumOpsPerGraph"] == 1
+    # A deployable payload (NXP's layout, microcode from the double), not an emulation payload.
+    payload = bytes(delegate.processed_bytes)
+    assert not payload.startswith(b"NTRNEMU") and (record / "microcode.bin").read_bytes() in payload
+    assert payload in session.get_pte_buffer()
