@@ -120,15 +120,21 @@ def _write_outputs(path: Path, outputs: list[tuple]) -> None:
 
 
 def _cmd_targets(args: argparse.Namespace) -> int:
-    rows = [("target", "NPU", "MACs/cycle", "num_macs x pipes", "NPU clock", "CPU", "assumptions")]
+    rows = [("target", "NPU", "MACs/cycle", "num_macs x pipes", "NPU clock", "CPU", "SRAM", "flash", "assumptions")]
     for name in list_targets():
         t = get_target(name)
         rows.append((t.name, t.npu, str(t.macs_per_cycle), f"{t.num_macs} x {t.num_pipes}",
                      f"{t.npu_clock_hz / 1e6:.0f} MHz", f"{t.cpu} {t.cpu_clock_hz / 1e6:.0f} MHz",
+                     "unknown" if t.sram_bytes is None else f"{t.sram_bytes:,} B",
+                     "none/unknown" if t.flash_bytes is None else f"{t.flash_bytes:,} B",
                      "; ".join(t.assumptions) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    print("\nMemory budgets (neutron compile checks them; see the README, Memory):")
+    for name in list_targets():
+        t = get_target(name)
+        print(f"  {t.name}: SRAM: {t.sram_source}; flash: {t.flash_source}")
     if args.costs:
         from neutron_backend.cost_model import assumptions
 

@@ -25,10 +25,12 @@ if TYPE_CHECKING:
     from torch.fx import Node
 
     from neutron_backend.cost_model import LatencyEstimate
+    from neutron_backend.ir.reader import IRGraph
+    from neutron_backend.memory_fit import MemoryReport
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # Node kinds that carry data between operators rather than compute (their placement follows their operator).
 PLUMBING_KINDS = ("quantize", "dequantize", "getitem")
@@ -80,7 +82,8 @@ class BoundaryTranspose:
 class PartitionEntry:
     """One partition (one delegate call): its nodes and the values crossing its boundary.
 
-    `boundary_transposes` and `num_ir_operators` are None until `DelegationReport.add_lowering`.
+    `boundary_transposes` and `num_ir_operators` are None until `DelegationReport.add_lowering`, which also keeps
+    the partition's Neutron IR (`ir`, None for a deployable payload, whose weights section is `payload_weight_bytes`).
     """
 
     id: int
@@ -89,6 +92,8 @@ class PartitionEntry:
     outputs: tuple[str, ...]
     boundary_transposes: tuple[BoundaryTranspose, ...] | None = None
     num_ir_operators: int | None = None
+    ir: IRGraph | None = field(default=None, repr=False, compare=False)
+    payload_weight_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,7 @@ class DelegationReport:
     nodes: list[NodeEntry] = field(default_factory=list)
     num_partitions: int = 0
     partitions: list[PartitionEntry] = field(default_factory=list)
+    memory: MemoryReport | None = None
     _by_name: dict[str, NodeEntry] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     # -- numbers --------------------------------------------------------------------------------------------
@@ -203,6 +209,7 @@ class DelegationReport:
         """Records, per partition, the layout transposes at its boundary and its IR operator count, read from the
         delegate payloads of `lowered` (an EdgeProgramManager, ExportedProgram or GraphModule after
         to_edge_transform_and_lower)."""
+        from neutron_backend.ir.reader import read_ir
         from neutron_backend.payload import EmulationPayload, read_payload
 
         graph_module = _graph_module(lowered)
@@ -220,14 +227,36 @@ class DelegationReport:
             payload = read_payload(module.processed_bytes)
             if isinstance(payload, EmulationPayload):
                 transposes, num_operators = _emulation_transposes(payload)
+                partition.ir = read_ir(payload.tflite)
             else:
                 transposes = tuple(BoundaryTranspose(side, index, (), False)
                                    for side, formats in (("input", payload.input_formats),
                                                          ("output", payload.output_formats))
                                    for index, flag in enumerate(formats) if flag)
                 num_operators = None
+                partition.payload_weight_bytes = len(payload.weights)
             partition.boundary_transposes = transposes
             partition.num_ir_operators = num_operators
+
+    def add_program(self, executorch_program: Any, *, fetch_constants_to_sram: bool = False) -> MemoryReport:
+        """Records the memory report (neutron_backend.memory_fit) of the serialized program: `executorch_program`
+        is the ExecutorchProgramManager from `to_executorch()` of the program `add_lowering` read. Its memory plan
+        gives the CPU side's planned buffers, its buffer the .pte size; each partition's IR gives its arena.
+        Returns the memory report (also `self.memory`)."""
+        from neutron_backend.memory_fit import memory_report, partition_memory
+        from neutron_backend.targets import get_target
+
+        plan = executorch_program.executorch_program.execution_plan[0]
+        input_shapes = [tuple(plan.values[i].val.sizes) for i in plan.inputs
+                        if hasattr(plan.values[i].val, "sizes")]
+        self.memory = memory_report(
+            get_target(self.target),
+            [partition_memory(p.id, p.ir, p.payload_weight_bytes) for p in self.partitions],
+            cpu_planned_bytes=sum(plan.non_const_buffer_sizes),
+            cpu_weight_bytes=sum(e.weight_bytes for e in self.nodes if not e.delegated),
+            pte_bytes=len(executorch_program.buffer), input_shapes=input_shapes,
+            fetch_constants_to_sram=fetch_constants_to_sram)
+        return self.memory
 
     def _partition_of(self, module: Any) -> PartitionEntry | None:
         index = self._index()
@@ -279,6 +308,7 @@ class DelegationReport:
             "cpu_nodes": [{"name": e.name, "target": e.target, "kind": e.kind, "reason": e.reason}
                           for e in self.nodes if not e.delegated],
             "latency_estimate": estimate.to_dict() if estimate else None,
+            "memory": self.memory.to_dict() if self.memory else None,
             "nodes": [{**asdict(e), "inputs": list(e.inputs)} for e in self.nodes],
         }
 
@@ -346,6 +376,10 @@ class DelegationReport:
         lines = [*self._headline(), *self._partition_lines(estimate), *self._operator_lines(), *self._cpu_lines()]
         if estimate is not None:
             lines += ["", str(estimate)]
+        if self.memory is not None:
+            from neutron_backend.report_text import memory_lines
+
+            lines += ["", *memory_lines(self.memory)]
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -121,7 +121,8 @@ def test_json_report_has_exactly_the_documented_fields_and_types(compiled):
     schema = _documented_schema()
     assert set(schema) == {"report", "partitions[]", "partitions[].boundary_transposes[]", "operators[]",
                            "cpu_nodes[]", "latency_estimate", "latency_estimate.partitions[]",
-                           "latency_estimate.assumptions[]", "nodes[]"}
+                           "latency_estimate.assumptions[]", "nodes[]", "memory", "memory.npu_weights",
+                           "memory.peak", "memory.peak.alive[]", "memory.partitions[]", "memory.checks[]"}
     for path, fields in schema.items():
         objects = _objects_at(report, path)
         assert objects, f"no {path} object in the report to check"
@@ -154,6 +155,15 @@ def test_json_numbers_add_up(compiled):
     assert estimate_["total_us"] == pytest.approx(estimate_["npu_us"] + estimate_["cpu_us"]
                                                   + estimate_["cpu_transpose_us"])
     assert [p["estimated_time_us"] for p in report["partitions"]] == [p["total_us"] for p in estimate_["partitions"]]
+    memory = report["memory"]
+    assert memory["activation_bytes"] == memory["cpu_planned_bytes"] + memory["npu_arena_bytes"]
+    assert memory["weight_bytes"] == memory["npu_weights"]["total"] + memory["cpu_weight_bytes"]
+    assert memory["npu_arena_bytes"] == max(p["arena_bytes"] for p in memory["partitions"])
+    assert all(p["arena_bytes"] >= p["lower_bound_bytes"] for p in memory["partitions"])
+    for check in memory["checks"]:
+        if check["budget_bytes"] is not None:
+            assert check["margin_bytes"] == check["budget_bytes"] - check["needed_bytes"]
+            assert check["fits"] == (check["margin_bytes"] >= 0)
 
 
 def test_macs_placement_and_reasons(compiled):
