@@ -182,7 +182,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print(compiled.report.summary())
     if args.graph:
         Path(args.graph).write_text(compiled.report.to_html())
-        _say(args, f"wrote the graph picture to {args.graph}")
+        _say(args, f"wrote the graph picture and the per-layer table to {args.graph}")
+    if args.per_layer:
+        Path(args.per_layer).write_text(compiled.report.per_layer_csv())
+        _say(args, f"wrote the per-layer profile to {args.per_layer}")
     if compiled.int8_io is not None:
         for kind, quantization in (("input", compiled.int8_io.inputs), ("output", compiled.int8_io.outputs)):
             for index, q in sorted(quantization.items()):
@@ -467,7 +470,10 @@ def _parser() -> argparse.ArgumentParser:
                           "IR, opens in Netron), quantized.pt2, report.json and report.html there")
     compile_.add_argument("--report", choices=("text", "json"), default="text",
                           help="report format on stdout (json: the schema in docs/report-schema.md)")
-    compile_.add_argument("--graph", metavar="FILE.html", help="write a picture of the graph coloured by placement")
+    compile_.add_argument("--graph", metavar="FILE.html", help="write a picture of the graph coloured by placement, "
+                          "next to the per-layer profile as a sortable table")
+    compile_.add_argument("--per-layer", metavar="FILE.csv", help="write the per-layer profile (operator, shapes, "
+                          "MACs, bytes, estimated cycles, compute or memory bound, share of the time) as CSV")
 
     run = commands.add_parser("run", parents=[sub_common], help="run a .pte on this PC; print outputs and timing",
                               description="Run PTE through ExecuTorch's runtime on this PC, its Neutron partitions "
