@@ -220,11 +220,17 @@ def _sram_check(report: MemoryReport, target: NeutronTarget, input_shapes: Seque
         holds += f" + Neutron weights {weights:,} B (fetch_constants_to_sram)"
     fits, margin = _margin(target.sram_bytes, needed)
     advice: list[str] = []
+    if report.npu_arena_bytes is None:
+        # A deployable payload holds microcode whose memory NXP's converter planned: a verdict without it would lie.
+        if fits:
+            fits = None
+        advice.append("the Neutron arena of a deployable payload is planned by NXP's converter and not counted here: "
+                      "compile without a flavor (emulation payload) to plan it from the IR")
     if target.sram_bytes is None:
         advice.append(f"the target table has no SRAM size for {target.name}: check your part's data sheet")
-    elif not fits:
-        advice = _sram_advice(report, target.sram_bytes, input_shapes)
-    elif target.flash_bytes is None and not report.fetch_constants_to_sram and report.npu_weights.total:
+    elif fits is False:
+        advice += _sram_advice(report, target.sram_bytes, input_shapes)
+    elif fits and target.flash_bytes is None and not report.fetch_constants_to_sram and report.npu_weights.total:
         extra = target.sram_bytes - needed - report.npu_weights.total
         verdict = "also fit" if extra >= 0 else "not fit"
         advice.append(f"fetch_constants_to_sram (weights in SRAM, faster) would {verdict}: margin {extra:,} B")

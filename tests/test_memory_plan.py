@@ -208,3 +208,19 @@ def test_targets_command_shows_the_budgets_and_their_sources(capsys):
         target = get_target(name)
         assert f"{name}: SRAM: {target.sram_source}; flash: {target.flash_source}" in out
         assert target.sram_source
+
+
+def test_an_unknown_arena_never_fits_silently():
+    from neutron_backend.memory_fit import partition_memory
+
+    deployable = partition_memory(0, None, payload_weight_bytes=1000)
+    assert (deployable.arena_bytes, deployable.weights.total) == (None, 1000)
+    small = memory_report(get_target("mcxn94x"), [deployable], cpu_planned_bytes=100, cpu_weight_bytes=0,
+                          pte_bytes=2000)
+    sram = small.checks[0]
+    assert (sram.fits, sram.margin_bytes) == (None, 512 * 1024 - 100)
+    assert "not counted" in sram.advice[0]
+    huge = memory_report(get_target("mcxn94x"), [deployable], cpu_planned_bytes=10**6, cpu_weight_bytes=0,
+                         pte_bytes=2000)
+    assert huge.checks[0].fits is False  # over budget even without the arena
+    assert small.fits is None and huge.fits is False

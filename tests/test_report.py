@@ -391,3 +391,21 @@ def test_zoo_per_layer_macs_match_forward_hooks(name: str):
     expected = _hooked_macs(model, inputs)
     compiled = compile_model(model, inputs, "mcxn94x", calibration_batches=random_batches(inputs, 1), progress=False)
     _check_profile_adds_up(compiled.report, _csv_rows(compiled.report.per_layer_csv()), expected)
+
+
+def test_cli_writes_the_per_layer_csv_and_the_memory_report(tmp_path, capsys):
+    from neutron_backend.cli import main
+
+    pte, layers = tmp_path / "cifarnet.pte", tmp_path / "layers.csv"
+    assert main(["compile", "cifarnet", "--target", "mcxn94x", "-q", "-o", str(pte), "--per-layer", str(layers),
+                 "--report", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = _csv_rows(layers.read_text())
+    # CifarNet: conv 5x5 3->32 on 32x32, 32->32 on 16x16, 32->64 on 8x8, FC 1024 -> 10.
+    macs = 32 * 32 * 32 * 3 * 25 + 32 * 16 * 16 * 32 * 25 + 64 * 8 * 8 * 32 * 25 + 1024 * 10
+    assert sum(int(row["macs"]) for row in rows) == report["total_macs"] == macs
+    assert sum(float(row["time_us"]) for row in rows) == pytest.approx(report["latency_estimate"]["total_us"])
+    memory = report["memory"]
+    assert memory["pte_bytes"] == pte.stat().st_size
+    assert [c["memory"] for c in memory["checks"]] == ["SRAM", "flash"]
+    assert memory["checks"][1]["needed_bytes"] == pte.stat().st_size
