@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from neutron_backend.ir.reader import IRGraph
 from neutron_backend.memory_plan import ArenaPlan, plan_ir
@@ -188,10 +188,11 @@ def _peak(partition: int, graph: IRGraph, arena: ArenaPlan) -> PeakLayer | None:
 
 def memory_report(target: NeutronTarget, partitions: Sequence[PartitionMemory], *, cpu_planned_bytes: int,
                   cpu_weight_bytes: int, pte_bytes: int, input_shapes: Sequence[Sequence[int]] = (),
-                  fetch_constants_to_sram: bool = False) -> MemoryReport:
+                  float_io_bytes: int = 0, fetch_constants_to_sram: bool = False) -> MemoryReport:
     """The memory report of a lowered program on `target` (see the module docstring for what must fit where).
 
-    `input_shapes` (the program's inputs, NCHW) let the advice name a smaller input that would fit.
+    `input_shapes` (the program's inputs, NCHW) let the advice name a smaller input that would fit;
+    `float_io_bytes` (the program's float inputs and outputs) what int8 inputs and outputs would save.
     """
     known = [p for p in partitions if p.arena_bytes is not None]
     largest = max(known, key=lambda p: p.arena_bytes, default=None)
@@ -202,15 +203,16 @@ def memory_report(target: NeutronTarget, partitions: Sequence[PartitionMemory], 
         cpu_planned_bytes=cpu_planned_bytes, npu_weights=npu_weights, cpu_weight_bytes=cpu_weight_bytes,
         pte_bytes=pte_bytes, fetch_constants_to_sram=fetch_constants_to_sram,
         peak=largest.peak if largest else None, checks=())
-    checks = (_sram_check(report, target, input_shapes), _flash_check(report, target))
-    return MemoryReport(**{**report.__dict__, "checks": checks})
+    checks = (_sram_check(report, target, input_shapes, float_io_bytes), _flash_check(report, target))
+    return replace(report, checks=checks)
 
 
 def _margin(budget: int | None, needed: int) -> tuple[bool | None, int | None]:
     return (None, None) if budget is None else (needed <= budget, budget - needed)
 
 
-def _sram_check(report: MemoryReport, target: NeutronTarget, input_shapes: Sequence[Sequence[int]]) -> BudgetCheck:
+def _sram_check(report: MemoryReport, target: NeutronTarget, input_shapes: Sequence[Sequence[int]],
+                float_io_bytes: int) -> BudgetCheck:
     activations = report.activation_bytes
     weights = report.npu_weights.total if report.fetch_constants_to_sram else 0
     needed = activations + weights
@@ -230,6 +232,9 @@ def _sram_check(report: MemoryReport, target: NeutronTarget, input_shapes: Seque
         advice.append(f"the target table has no SRAM size for {target.name}: check your part's data sheet")
     elif fits is False:
         advice += _sram_advice(report, target.sram_bytes, input_shapes)
+        if float_io_bytes:
+            advice.append(f"int8 inputs and outputs (compile --int8-io): ExecuTorch then plans no float input/output "
+                          f"buffers, up to {float_io_bytes:,} B less")
     elif fits and target.flash_bytes is None and not report.fetch_constants_to_sram and report.npu_weights.total:
         extra = target.sram_bytes - needed - report.npu_weights.total
         verdict = "also fit" if extra >= 0 else "not fit"

@@ -262,18 +262,23 @@ class ReportData:
         is the ExecutorchProgramManager from `to_executorch()` of the program `add_lowering` read. Its memory plan
         gives the CPU side's planned buffers, its buffer the .pte size; each partition's IR gives its arena.
         Returns the memory report (also `self.memory`)."""
+        from executorch.exir.scalar_type import ScalarType
+
         from neutron_backend.memory_fit import memory_report, partition_memory
         from neutron_backend.targets import get_target
 
         plan = executorch_program.executorch_program.execution_plan[0]
+        tensors = [plan.values[i].val for i in (*plan.inputs, *plan.outputs)]
         input_shapes = [tuple(plan.values[i].val.sizes) for i in plan.inputs
                         if hasattr(plan.values[i].val, "sizes")]
+        float_io = sum(math.prod(t.sizes) * 4 for t in tensors
+                       if hasattr(t, "sizes") and t.scalar_type == ScalarType.FLOAT)
         self.memory = memory_report(
             get_target(self.target),
             [partition_memory(p.id, p.ir, p.payload_weight_bytes) for p in self.partitions],
             cpu_planned_bytes=sum(plan.non_const_buffer_sizes),
             cpu_weight_bytes=sum(e.weight_bytes for e in self.nodes if not e.delegated),
-            pte_bytes=len(executorch_program.buffer), input_shapes=input_shapes,
+            pte_bytes=len(executorch_program.buffer), input_shapes=input_shapes, float_io_bytes=float_io,
             fetch_constants_to_sram=fetch_constants_to_sram)
         return self.memory
 
