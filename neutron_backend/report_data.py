@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from neutron_backend.cost_model import LatencyEstimate, estimate
 from neutron_backend.layers import Layer, ir_layers
+from neutron_backend.profile import per_layer
 
 if TYPE_CHECKING:
     from neutron_backend.ir.reader import IRGraph
@@ -225,9 +226,9 @@ class ReportData:
     # -- lowering -------------------------------------------------------------------------------------------
 
     def add_lowering(self, lowered: Any) -> None:
-        """Records, per partition, the layout transposes at its boundary and its IR operator count, read from the
-        delegate payloads of `lowered` (an EdgeProgramManager, ExportedProgram or GraphModule after
-        to_edge_transform_and_lower)."""
+        """Records, per partition, the layout transposes at its boundary, its IR operator count and its IR (or, for
+        a deployable payload, its weights section size), read from the delegate payloads of `lowered` (an
+        EdgeProgramManager, ExportedProgram or GraphModule after to_edge_transform_and_lower)."""
         from neutron_backend.ir.reader import read_ir
         from neutron_backend.payload import EmulationPayload, read_payload
 
@@ -295,9 +296,7 @@ class ReportData:
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (docs/report-schema.md): counts, MACs, partitions, operator types, CPU nodes with
-        their reasons, the latency estimate, and every node."""
-        from neutron_backend.profile import per_layer
-
+        their reasons, the latency estimate, the per-layer profile, the memory report, and every node."""
         estimate = self.estimate_or_none()
         partition_times = {p.partition: p.total_us for p in estimate.partitions} if estimate else {}
         return {
