@@ -1,5 +1,5 @@
 """The CSV rendering of the per-layer profile (`neutron compile --per-layer FILE.csv`): one row per layer, the
-columns of neutron_backend.profile.COLUMNS; shapes as `1x112x112x32`, several separated by spaces."""
+columns of neutron_backend.layer_profile.COLUMNS; shapes as `1x112x112x32`, several separated by spaces."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import csv
 import io
 
 from neutron_backend.cost_model import LatencyEstimate
-from neutron_backend.profile import COLUMNS, per_layer
+from neutron_backend.layer_profile import COLUMNS, per_layer
 
 
 def per_layer_csv(estimate: LatencyEstimate) -> str:

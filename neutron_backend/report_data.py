@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from neutron_backend.cost_model import LatencyEstimate, estimate
+from neutron_backend.layer_profile import per_layer
 from neutron_backend.layers import Layer, ir_layers
-from neutron_backend.profile import per_layer
 
 if TYPE_CHECKING:
     from neutron_backend.ir.reader import IRGraph

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import html
 
-from neutron_backend.profile import per_layer
+from neutron_backend.layer_profile import per_layer
 from neutron_backend.report_data import PLUMBING_KINDS, ReportData
 from neutron_backend.report_text import headline_lines, short_name
 

@@ -4,8 +4,8 @@ per-layer profile (what `neutron compile` prints)."""
 from __future__ import annotations
 
 from neutron_backend.cost_model import LatencyEstimate
+from neutron_backend.layer_profile import per_layer
 from neutron_backend.memory_fit import BudgetCheck, MemoryReport
-from neutron_backend.profile import per_layer
 from neutron_backend.report_data import PLUMBING_KINDS, ReportData
 
 TOP_LAYERS = 10

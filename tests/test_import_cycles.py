@@ -118,7 +118,7 @@ def test_no_import_cycle_in_neutron_backend():
 def test_report_data_renderings_and_cost_model_are_layered():
     graph = _graph()
     renderings = ("neutron_backend.report_text", "neutron_backend.report_html", "neutron_backend.report_csv")
-    lower = ("neutron_backend.report_data", "neutron_backend.cost_model", "neutron_backend.profile",
+    lower = ("neutron_backend.report_data", "neutron_backend.cost_model", "neutron_backend.layer_profile",
              "neutron_backend.memory_fit", "neutron_backend.memory_plan", "neutron_backend.layers")
     for module in lower:
         for rendering in (*renderings, "neutron_backend.report"):
@@ -129,7 +129,7 @@ def test_report_data_renderings_and_cost_model_are_layered():
 @pytest.mark.parametrize("module", ["neutron_backend.report", "neutron_backend.report_data",
                                     "neutron_backend.report_text", "neutron_backend.report_html",
                                     "neutron_backend.report_csv", "neutron_backend.cost_model",
-                                    "neutron_backend.profile", "neutron_backend.memory_fit",
+                                    "neutron_backend.layer_profile", "neutron_backend.memory_fit",
                                     "neutron_backend.memory_plan", "neutron_backend.layers"])
 def test_each_module_imports(module: str):
     assert importlib.import_module(module).__name__ == module
