@@ -259,7 +259,8 @@ def _sram_advice(report: MemoryReport, budget: int, input_shapes: Sequence[Seque
         if len(shape) == 4 and shape[2] >= 8 and shape[3] >= 8:
             scale = math.sqrt(ratio)
             height, width = (max(8, int(shape[d] * scale) // 8 * 8) for d in (2, 3))
-            advice.append(f"a smaller input {index}: about {height}x{width} instead of {shape[2]}x{shape[3]} "
+            which = f" (input {index})" if len(input_shapes) > 1 else ""
+            advice.append(f"a smaller input{which}: about {height}x{width} instead of {shape[2]}x{shape[3]} "
                           f"(activations scale with the input area; estimated by scaling "
                           f"{activations:,} B by {(height * width) / (shape[2] * shape[3]):.2f})")
     # And with the channel count: a width multiplier scales every feature map.
