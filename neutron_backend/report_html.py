@@ -1,5 +1,5 @@
-"""The HTML rendering of the report's data: the operator graph as SVG, coloured by placement, next to the per-layer
-profile as a sortable table."""
+"""The HTML rendering of the report's data: the headline and memory report, the operator graph as SVG coloured by
+placement, next to the per-layer profile as a sortable table."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import html
 
 from neutron_backend.layer_profile import per_layer
 from neutron_backend.report_data import PLUMBING_KINDS, ReportData
-from neutron_backend.report_text import headline_lines, short_name
+from neutron_backend.report_text import headline_lines, memory_lines, short_name
 
 _PALETTE = ("#4e79a7", "#59a14f", "#9c755f", "#76b7b2", "#edc948", "#b07aa1", "#ff9da7", "#f28e2b")
 _CPU_COLOUR = "#e15759"
@@ -68,7 +68,8 @@ def to_html(report: ReportData) -> str:
     legend = " ".join(
         f'<span style="background:{_PALETTE[p.id % len(_PALETTE)]}">NPU partition {p.id}</span>'
         for p in report.partitions) + f' <span style="background:{_CPU_COLOUR}">CPU</span>'
-    headline = html.escape("\n".join(headline_lines(report)))
+    memory = ["", *memory_lines(report.memory)] if report.memory is not None else []
+    headline = html.escape("\n".join([*headline_lines(report), *memory]))
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>Neutron delegation: {html.escape(report.target)}</title>
 <style>body{{font-family:sans-serif}} span{{color:#fff;padding:2px 6px;margin-right:4px;border-radius:3px}}
