@@ -120,15 +120,21 @@ def _write_outputs(path: Path, outputs: list[tuple]) -> None:
 
 
 def _cmd_targets(args: argparse.Namespace) -> int:
-    rows = [("target", "NPU", "MACs/cycle", "num_macs x pipes", "NPU clock", "CPU", "assumptions")]
+    rows = [("target", "NPU", "MACs/cycle", "num_macs x pipes", "NPU clock", "CPU", "SRAM", "flash", "assumptions")]
     for name in list_targets():
         t = get_target(name)
         rows.append((t.name, t.npu, str(t.macs_per_cycle), f"{t.num_macs} x {t.num_pipes}",
                      f"{t.npu_clock_hz / 1e6:.0f} MHz", f"{t.cpu} {t.cpu_clock_hz / 1e6:.0f} MHz",
+                     "unknown" if t.sram_bytes is None else f"{t.sram_bytes:,} B",
+                     "none/unknown" if t.flash_bytes is None else f"{t.flash_bytes:,} B",
                      "; ".join(t.assumptions) or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+    print("\nMemory budgets (neutron compile checks them; see the README, Memory):")
+    for name in list_targets():
+        t = get_target(name)
+        print(f"  {t.name}: SRAM: {t.sram_source}; flash: {t.flash_source}")
     if args.costs:
         from neutron_backend.cost_model import assumptions
 
@@ -176,7 +182,10 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         print(compiled.report.summary())
     if args.graph:
         Path(args.graph).write_text(compiled.report.to_html())
-        _say(args, f"wrote the graph picture to {args.graph}")
+        _say(args, f"wrote the graph picture and the per-layer table to {args.graph}")
+    if args.per_layer:
+        Path(args.per_layer).write_text(compiled.report.per_layer_csv())
+        _say(args, f"wrote the per-layer profile to {args.per_layer}")
     if compiled.int8_io is not None:
         for kind, quantization in (("input", compiled.int8_io.inputs), ("output", compiled.int8_io.outputs)):
             for index, q in sorted(quantization.items()):
@@ -461,7 +470,10 @@ def _parser() -> argparse.ArgumentParser:
                           "IR, opens in Netron), quantized.pt2, report.json and report.html there")
     compile_.add_argument("--report", choices=("text", "json"), default="text",
                           help="report format on stdout (json: the schema in docs/report-schema.md)")
-    compile_.add_argument("--graph", metavar="FILE.html", help="write a picture of the graph coloured by placement")
+    compile_.add_argument("--graph", metavar="FILE.html", help="write a picture of the graph coloured by placement, "
+                          "next to the per-layer profile as a sortable table")
+    compile_.add_argument("--per-layer", metavar="FILE.csv", help="write the per-layer profile (operator, shapes, "
+                          "MACs, bytes, estimated cycles, compute or memory bound, share of the time) as CSV")
 
     run = commands.add_parser("run", parents=[sub_common], help="run a .pte on this PC; print outputs and timing",
                               description="Run PTE through ExecuTorch's runtime on this PC, its Neutron partitions "

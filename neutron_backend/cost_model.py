@@ -7,12 +7,14 @@ its note) or "assumed" (no public source: correct it when you measure).
 
 The model, per inference (ExecuTorch runs the graph's nodes one after another, so the parts add up):
 
-- Each Neutron partition (one delegate call) costs
-  ``max(compute, memory) + call overhead + layout transposes done inside the partition``:
-  compute = MAC-equivalents / (num_macs x num_pipes x utilization) NPU cycles, where a convolution or linear layer
-  counts its MACs and any other delegated operator one MAC-equivalent per input element (shape operators: none);
-  memory = (int8 activations read and written by the partition's operators + its weight bytes) / memory
-  bandwidth. The max() assumes the NPU's DMA overlaps data movement with compute.
+- Each Neutron partition (one delegate call) costs the sum of its layers (neutron_backend.layers: the operators of
+  its IR) plus a call overhead; a layer costs ``max(compute, memory)`` NPU cycles, compute bound or memory bound:
+  compute = MAC-equivalents / (num_macs x num_pipes x utilization), where a convolution or linear layer counts its
+  MACs, any other arithmetic operator one MAC-equivalent per input element, and operators that only move data
+  (transpose, pad, slice, concatenation) none; memory = (activation bytes read and written + weight bytes) / memory
+  bandwidth (a reshape is a view: nothing). The max() assumes the NPU's DMA overlaps data movement with compute
+  within a layer. Before lowering (or with a deployable payload, whose IR is not kept) the layers are the
+  partition's edge nodes.
 - Each node left on the CPU runs ExecuTorch's portable kernels: quantize/dequantize and elementwise work per
   element, convolutions and matmuls per MAC in float (the portable kernels compute a dequantized operator in
   float); a layout transpose the runtime does on the CPU at a partition boundary costs per element.
@@ -22,13 +24,12 @@ The model, per inference (ExecuTorch runs the graph's nodes one after another, s
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from neutron_backend.layers import Layer
 from neutron_backend.targets import NeutronTarget, get_target
-
-if TYPE_CHECKING:
-    from neutron_backend.report import DelegationReport
 
 
 @dataclass(frozen=True)
@@ -141,9 +142,10 @@ CPU_COSTS: dict[str, CpuCosts] = {
     ),
 }
 
-# Node kinds (NodeEntry.kind) that cost nothing where they run: views and tuple access.
-_FREE_KINDS = ("getitem",)
+# Edge node kinds (neutron_backend.layers.Layer.kind) that cost nothing where they run, and the conversions.
+_FREE_KINDS = ("getitem", "view")
 _QDQ_KINDS = ("quantize", "dequantize")
+_NO_ARITHMETIC = ("shape", "no_op", "data", *_FREE_KINDS, *_QDQ_KINDS)
 
 
 def costs_for(target: NeutronTarget) -> tuple[NpuCosts, CpuCosts]:
@@ -176,23 +178,92 @@ def _fields(costs: NpuCosts | CpuCosts) -> list[Assumption]:
 
 
 @dataclass(frozen=True)
+class LayerCost:
+    """The estimated cost of one layer, in cycles of the clock where it runs (`clock_hz`). `bound` says which
+    limit sets it: `compute` or `memory` on the NPU; on the CPU always `compute`."""
+
+    layer: Layer
+    where: str  # "NPU" or "CPU"
+    compute_cycles: float
+    memory_cycles: float
+    clock_hz: float
+
+    @property
+    def cycles(self) -> float:
+        return max(self.compute_cycles, self.memory_cycles)
+
+    @property
+    def bound(self) -> str:
+        return "memory" if self.memory_cycles > self.compute_cycles else "compute"
+
+    @property
+    def time_us(self) -> float:
+        return self.cycles / self.clock_hz * 1e6
+
+
+def _mac_equivalents(layer: Layer) -> int:
+    if layer.macs:
+        return layer.macs
+    return 0 if layer.kind in _NO_ARITHMETIC else layer.input_elements
+
+
+def npu_layer_cost(layer: Layer, target: NeutronTarget) -> LayerCost:
+    """One NPU layer: compute and memory cycles at the NPU clock."""
+    npu, _ = costs_for(target)
+    peak = target.macs_per_cycle * npu.utilization.value
+    moved = 0 if layer.kind in _FREE_KINDS else layer.activation_bytes + layer.weight_bytes
+    return LayerCost(layer, "NPU", _mac_equivalents(layer) / peak, moved / npu.memory_bytes_per_cycle.value,
+                     target.npu_clock_hz)
+
+
+def cpu_layer_cost(layer: Layer, target: NeutronTarget) -> LayerCost:
+    """One node on the CPU (portable kernels): per element for quantize/dequantize and elementwise work, per MAC in
+    float for convolutions and matmuls, nothing for tuple access; a `transpose` layer is a layout transpose the
+    runtime does at a partition boundary."""
+    _, cpu = costs_for(target)
+    if layer.kind in _FREE_KINDS:
+        cycles = 0.0
+    elif layer.kind == "transpose":
+        cycles = layer.output_elements * cpu.cycles_per_transpose_element.value
+    elif layer.kind in _QDQ_KINDS:
+        cycles = layer.output_elements * cpu.cycles_per_quantize_element.value
+    elif layer.macs:
+        cycles = layer.macs / cpu.float_macs_per_cycle.value
+    else:
+        cycles = max(layer.input_elements, layer.output_elements) * cpu.cycles_per_element.value
+    return LayerCost(layer, "CPU", cycles, 0.0, target.cpu_clock_hz)
+
+
+def all_cpu_cycles(layer: Layer, target: NeutronTarget) -> float:
+    """The baseline: `layer` (an edge node) on the CPU with int8 kernels of the CMSIS-NN class."""
+    _, cpu = costs_for(target)
+    if layer.macs:
+        return layer.macs / cpu.int8_macs_per_cycle.value
+    if layer.kind in _NO_ARITHMETIC:
+        return 0.0
+    return layer.output_elements * cpu.cycles_per_element.value
+
+
+@dataclass(frozen=True)
 class PartitionTime:
-    """The estimated time of one delegate call, in microseconds."""
+    """The estimated time of one delegate call, in microseconds: its layers' compute and memory times, each layer
+    counting the larger of the two (`layers_us`), plus the call overhead."""
 
     partition: int
     compute_us: float
     memory_us: float
+    layers_us: float
     overhead_us: float
-    transpose_us: float
 
     @property
     def total_us(self) -> float:
-        return max(self.compute_us, self.memory_us) + self.overhead_us + self.transpose_us
+        return self.layers_us + self.overhead_us
 
 
 @dataclass(frozen=True)
 class LatencyEstimate:
-    """An estimate of one inference's latency on a target (see the module docstring for the model)."""
+    """An estimate of one inference's latency on a target (see the module docstring for the model), with the cost
+    of every layer (`layers`: NPU layers by partition, then the CPU nodes and CPU-side layout transposes)."""
 
     target: str
     cpu: str
@@ -201,6 +272,7 @@ class LatencyEstimate:
     cpu_transpose_us: float
     all_cpu_us: float
     assumptions: tuple[Assumption, ...]
+    layers: tuple[LayerCost, ...] = ()
 
     @property
     def npu_us(self) -> float:
@@ -231,80 +303,36 @@ class LatencyEstimate:
             "assumptions": [asdict(a) for a in self.assumptions],
         }
 
-    def __str__(self) -> str:
-        calls = len(self.partitions)
-        cpu = self.cpu_us + self.cpu_transpose_us
-        return "\n".join([
-            f"Estimated latency on {self.target} (a cost-model estimate, not a measurement): "
-            f"{_ms(self.total_us)} per inference",
-            f"  NPU {_ms(self.npu_us)} in {calls} delegate call(s) "
-            f"(incl. {_ms(sum(p.overhead_us for p in self.partitions))} call overhead) + {self.cpu} {_ms(cpu)}",
-            f"  the whole model on the {self.cpu} with int8 kernels: ~{_ms(self.all_cpu_us)} "
-            f"({self.speedup:.1f}x the estimate above)",
-            "  assumptions: neutron targets --costs; edit neutron_backend/cost_model.py to correct them",
-        ])
 
-
-def _ms(microseconds: float) -> str:
-    return f"{microseconds / 1000:.3f} ms" if microseconds < 1000 else f"{microseconds / 1000:.2f} ms"
-
-
-def _mac_equivalents(kind: str, macs: int, input_elements: int) -> int:
-    if macs:
-        return macs
-    if kind in ("shape", "no_op", *_FREE_KINDS, *_QDQ_KINDS):
-        return 0
-    return input_elements
-
-
-def estimate(report: DelegationReport, target: NeutronTarget | None = None) -> LatencyEstimate:
-    """The latency estimate of the partitioned model `report` describes on `target` (default: the report's).
+def estimate(npu_layers: dict[int, Sequence[Layer]], cpu_layers: Sequence[Layer], baseline_layers: Sequence[Layer],
+             target: NeutronTarget | str) -> LatencyEstimate:
+    """The latency estimate on `target`: `npu_layers` per partition id (in call order), the layers on the CPU
+    (nodes, and `transpose` layers for layout transposes the runtime does), and the edge nodes of the whole model
+    for the all-CPU baseline.
 
     Raises KeyError when the cost tables have no figures for the target or its CPU.
     """
-    target = target or get_target(report.target)
-    npu, cpu = costs_for(target)
-    npu_hz, cpu_hz = target.npu_clock_hz, target.cpu_clock_hz
-    peak = target.macs_per_cycle * npu.utilization.value
-    bandwidth = npu.memory_bytes_per_cycle.value * npu_hz  # bytes per second
-
+    target = get_target(target) if isinstance(target, str) else target
+    npu, _ = costs_for(target)
+    costs: list[LayerCost] = []
     partitions = []
-    cpu_transpose_elements = 0
-    for partition in report.partitions:
-        members = [report.entry(name) for name in partition.nodes]
-        compute = sum(_mac_equivalents(e.kind, e.macs, e.input_elements) for e in members) / peak / npu_hz
-        activation_bytes = sum(e.input_elements + e.output_elements for e in members
-                               if e.kind not in (*_QDQ_KINDS, *_FREE_KINDS))
-        memory = (activation_bytes + sum(e.weight_bytes for e in members)) / bandwidth
-        in_npu = sum(t.elements for t in partition.boundary_transposes or () if t.on_npu)
-        cpu_transpose_elements += sum(t.elements for t in partition.boundary_transposes or () if not t.on_npu)
-        partitions.append(PartitionTime(partition=partition.id, compute_us=compute * 1e6, memory_us=memory * 1e6,
-                                        overhead_us=npu.call_overhead_us.value,
-                                        transpose_us=2 * in_npu / bandwidth * 1e6))
-
-    cpu_cycles = 0.0
-    all_cpu_cycles = 0.0
-    for entry in report.nodes:
-        if entry.kind in _FREE_KINDS:
-            continue
-        if entry.macs:
-            all_cpu_cycles += entry.macs / cpu.int8_macs_per_cycle.value
-        elif entry.kind not in (*_QDQ_KINDS, "shape", "no_op"):
-            all_cpu_cycles += entry.output_elements * cpu.cycles_per_element.value
-        if entry.delegated:
-            continue
-        if entry.kind in _QDQ_KINDS:
-            cpu_cycles += entry.output_elements * cpu.cycles_per_quantize_element.value
-        elif entry.macs:
-            cpu_cycles += entry.macs / cpu.float_macs_per_cycle.value
-        else:
-            cpu_cycles += max(entry.input_elements, entry.output_elements) * cpu.cycles_per_element.value
+    for partition, layers in npu_layers.items():
+        layer_costs = [npu_layer_cost(layer, target) for layer in layers]
+        costs += layer_costs
+        to_us = 1e6 / target.npu_clock_hz
+        partitions.append(PartitionTime(
+            partition=partition, compute_us=sum((c.compute_cycles for c in layer_costs), 0.0) * to_us,
+            memory_us=sum((c.memory_cycles for c in layer_costs), 0.0) * to_us,
+            layers_us=sum((c.time_us for c in layer_costs), 0.0), overhead_us=npu.call_overhead_us.value))
+    cpu_costs = [cpu_layer_cost(layer, target) for layer in cpu_layers]
+    costs += cpu_costs
     return LatencyEstimate(
         target=target.name,
         cpu=target.cpu,
         partitions=tuple(partitions),
-        cpu_us=cpu_cycles / cpu_hz * 1e6,
-        cpu_transpose_us=cpu_transpose_elements * cpu.cycles_per_transpose_element.value / cpu_hz * 1e6,
-        all_cpu_us=all_cpu_cycles / cpu_hz * 1e6,
+        cpu_us=sum((c.time_us for c in cpu_costs if c.layer.kind != "transpose"), 0.0),
+        cpu_transpose_us=sum((c.time_us for c in cpu_costs if c.layer.kind == "transpose"), 0.0),
+        all_cpu_us=sum(all_cpu_cycles(layer, target) for layer in baseline_layers) / target.cpu_clock_hz * 1e6,
         assumptions=tuple(assumptions(target)),
+        layers=tuple(costs),
     )

@@ -80,7 +80,10 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ..
         edge, io = make_io_int8(edge)
     with _step("serializing the .pte"):
         edge_copy = copy.deepcopy(edge)  # to_executorch() mutates the edge program in place
-        pte = edge.to_executorch().buffer
+        program = edge.to_executorch()
+        pte = program.buffer
+    partitioner.report.add_program(program, fetch_constants_to_sram=bool(compile_spec_options.get(
+        "fetch_constants_to_sram", False)))
     intermediates_dir = compile_spec_options.get("intermediates_dir")
     if intermediates_dir is not None:
         _write_intermediates(Path(intermediates_dir), exported, partitioner.report)

@@ -21,7 +21,8 @@ class NeutronTarget:
     """One Neutron NPU configuration.
 
     `num_macs` is the channel granularity of one pipe (channel divisibility, the conv weight-size limit);
-    `num_pipes` x `num_macs` is the MACs per cycle.
+    `num_pipes` x `num_macs` is the MACs per cycle. `sram_bytes` and `flash_bytes` are the on-chip memory budgets
+    (None: unknown, or no on-chip flash), `sram_source` and `flash_source` say where they come from.
     """
 
     name: str
@@ -37,6 +38,11 @@ class NeutronTarget:
     sram_bytes: int | None
     assumptions: tuple[str, ...] = ()
     source: str = "built-in table"
+    # Memory budgets (neutron_backend.memory_fit): on-chip flash (None: the part has none, or it is not known) and
+    # where each figure comes from.
+    flash_bytes: int | None = None
+    sram_source: str = ""
+    flash_source: str = ""
 
     @property
     def macs_per_cycle(self) -> int:
@@ -59,6 +65,10 @@ _BUILTIN: dict[str, NeutronTarget] = {
         cpu_clock_hz=325e6,
         sram_bytes=7_500_000,
         assumptions=("NPU clock equal to the 325 MHz Cortex-M33 clock (no public NPU clock figure)",),
+        flash_bytes=None,
+        sram_source="NXP i.MX RT700 fact sheet: 7.5 MB on-chip SRAM (read as 7,500,000 B, the smaller reading)",
+        flash_source="no on-chip flash (NXP i.MX RT700 fact sheet): the .pte lives in external xSPI flash, whose "
+                     "size depends on the board; not checked",
     ),
     # MCX N94x (N947/N547): eIQ Neutron N1-16, 16 MACs/cycle at 150 MHz = 4.8 GOPS, 512 KB SRAM
     # (NXP MCX N94x/N54x data sheet and product page).
@@ -77,6 +87,9 @@ _BUILTIN: dict[str, NeutronTarget] = {
         assumptions=(
             "num_macs = 8 per pipe (pipe split not public); num_pipes = 16 / 8 = 2 derived from the total",
         ),
+        flash_bytes=2 * 1024 * 1024,
+        sram_source="NXP MCX N94x/N54x data sheet: 512 KB on-chip SRAM",
+        flash_source="NXP MCX N94x/N54x data sheet: 2 MB on-chip flash",
     ),
     # i.MX 95: eIQ Neutron-S, subsystem with a RISC-V controller and a DMA data mover (NXP i.MX 95 fact sheet);
     # ~1024 MACs/cycle derived from 2 TOPS at ~1 GHz; TCM size not public.
@@ -97,6 +110,9 @@ _BUILTIN: dict[str, NeutronTarget] = {
             "1024 MACs/cycle derived from 2 TOPS at ~1 GHz",
             "NPU clock ~1 GHz",
         ),
+        flash_bytes=None,
+        sram_source="unknown: the Neutron-S TCM size is not public",
+        flash_source="application processor: the .pte is loaded from storage into DDR; not checked",
     ),
 }
 

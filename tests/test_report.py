@@ -3,7 +3,10 @@ get_delegation_info, layout transposes at partition boundaries, the latency esti
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import re
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
@@ -12,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from neutron_backend.cost_model import CPU_COSTS, NPU_COSTS, assumptions, estimate
+from neutron_backend.cost_model import CPU_COSTS, NPU_COSTS, assumptions
 from neutron_backend.pipeline import compile_model
 from neutron_backend.targets import get_target
 
@@ -121,7 +124,8 @@ def test_json_report_has_exactly_the_documented_fields_and_types(compiled):
     schema = _documented_schema()
     assert set(schema) == {"report", "partitions[]", "partitions[].boundary_transposes[]", "operators[]",
                            "cpu_nodes[]", "latency_estimate", "latency_estimate.partitions[]",
-                           "latency_estimate.assumptions[]", "nodes[]"}
+                           "latency_estimate.assumptions[]", "nodes[]", "layers[]", "memory", "memory.npu_weights",
+                           "memory.peak", "memory.peak.alive[]", "memory.partitions[]", "memory.checks[]"}
     for path, fields in schema.items():
         objects = _objects_at(report, path)
         assert objects, f"no {path} object in the report to check"
@@ -154,6 +158,15 @@ def test_json_numbers_add_up(compiled):
     assert estimate_["total_us"] == pytest.approx(estimate_["npu_us"] + estimate_["cpu_us"]
                                                   + estimate_["cpu_transpose_us"])
     assert [p["estimated_time_us"] for p in report["partitions"]] == [p["total_us"] for p in estimate_["partitions"]]
+    memory = report["memory"]
+    assert memory["activation_bytes"] == memory["cpu_planned_bytes"] + memory["npu_arena_bytes"]
+    assert memory["weight_bytes"] == memory["npu_weights"]["total"] + memory["cpu_weight_bytes"]
+    assert memory["npu_arena_bytes"] == max(p["arena_bytes"] for p in memory["partitions"])
+    assert all(p["arena_bytes"] >= p["lower_bound_bytes"] for p in memory["partitions"])
+    for check in memory["checks"]:
+        if check["budget_bytes"] is not None:
+            assert check["margin_bytes"] == check["budget_bytes"] - check["needed_bytes"]
+            assert check["fits"] == (check["margin_bytes"] >= 0)
 
 
 def test_macs_placement_and_reasons(compiled):
@@ -215,16 +228,22 @@ def test_boundary_transposes_on_the_cpu(compiled_cpu_transposes):
 
 
 def test_estimate_compute_follows_macs_per_cycle_and_clock(compiled):
-    rt700, mcxn = estimate(compiled.report, get_target("imxrt700")), estimate(compiled.report, get_target("mcxn94x"))
+    rt700, mcxn = (compiled.report.latency_estimate(get_target(name)) for name in ("imxrt700", "mcxn94x"))
     # Same utilization assumption on both Neutron-C parts: compute time scales with 1 / (MACs/cycle x clock).
     assert NPU_COSTS["imxrt700"].utilization == NPU_COSTS["mcxn94x"].utilization
     ratio = (64 * 325e6) / (16 * 150e6)
     for fast, slow in zip(rt700.partitions, mcxn.partitions, strict=True):
         assert slow.compute_us == pytest.approx(fast.compute_us * ratio)
     first = rt700.partitions[0]
-    # Partition 0: the conv's MACs plus one MAC-equivalent per element its fused ReLU reads (8x8x8).
+    # Partition 0's IR: TRANSPOSE, PAD, CONV_2D (ReLU fused), TRANSPOSE: only the conv computes.
     utilization = NPU_COSTS["imxrt700"].utilization.value
-    assert first.compute_us == pytest.approx((CONV1_MACS + 8 * 8 * 8) / (64 * utilization) / 325e6 * 1e6)
+    assert first.compute_us == pytest.approx(CONV1_MACS / (64 * utilization) / 325e6 * 1e6)
+    # Data moved, int8: transpose 3x8x8 in and out, pad 3x8x8 -> 3x10x10, conv 3x10x10 -> 8x8x8 plus its 8x3x3x3 int8
+    # weights and 8 int32 biases, transpose 8x8x8 in and out; the transposes' int32 permutations (4 each) and the
+    # pad's int32 paddings (4x2) are constants read too.
+    moved = 2 * 192 + (192 + 300) + (300 + 512 + 216 + 32) + 2 * 512 + 2 * 16 + 32
+    bandwidth = NPU_COSTS["imxrt700"].memory_bytes_per_cycle.value
+    assert first.memory_us == pytest.approx(moved / bandwidth / 325e6 * 1e6)
     assert [p.overhead_us for p in rt700.partitions] == [NPU_COSTS["imxrt700"].call_overhead_us.value] * 2
 
 
@@ -288,3 +307,105 @@ def test_html_picture_colours_operators_by_placement(compiled):
     assert boxes[pool.name] == "#e15759"
     partition_colours = {e.partition: boxes[e.name] for e in operators if e.delegated}
     assert len(set(partition_colours.values())) == 2 and "#e15759" not in partition_colours.values()
+
+
+# -- the per-layer profile ---------------------------------------------------------------------------------------
+
+
+def _hooked_macs(model: nn.Module, example_inputs: tuple[torch.Tensor, ...]) -> int:
+    """MACs of the float model's convolutions and linear layers, counted with forward hooks (not by our code)."""
+    total = 0
+
+    def count(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        if isinstance(module, nn.Conv2d):
+            total += output.numel() * module.in_channels // module.groups * math.prod(module.kernel_size)
+        else:
+            total += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(count) for m in model.modules() if isinstance(m, nn.Conv2d | nn.Linear)]
+    with torch.no_grad():
+        model(*example_inputs)
+    for handle in handles:
+        handle.remove()
+    return total
+
+
+def _csv_rows(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _check_profile_adds_up(report, rows: list[dict[str, str]], expected_macs: int) -> None:
+    estimate_ = report.latency_estimate()
+    assert sum(int(row["macs"]) for row in rows) == expected_macs == report.total_macs
+    assert sum(float(row["time_us"]) for row in rows) == pytest.approx(estimate_.total_us)
+    assert sum(float(row["share"]) for row in rows) == pytest.approx(1.0)
+    for partition in estimate_.partitions:
+        mine = [row for row in rows if row["partition"] == str(partition.partition)]
+        assert sum(float(row["time_us"]) for row in mine) == pytest.approx(partition.total_us)
+        cycles = sum(float(row["cycles"]) for row in mine)
+        assert cycles / float(mine[0]["clock_hz"]) * 1e6 == pytest.approx(partition.total_us)
+    for row in rows:
+        compute, memory, cycles = (float(row[k]) for k in ("compute_cycles", "memory_cycles", "cycles"))
+        if row["bound"] != "overhead":
+            assert cycles == max(compute, memory)
+            assert row["bound"] == ("memory" if memory > compute else "compute")
+
+
+def test_per_layer_csv_adds_up_to_the_report_and_the_estimate(compiled):
+    report = compiled.report
+    rows = _csv_rows(report.per_layer_csv())
+    torch.manual_seed(0)
+    _check_profile_adds_up(report, rows, _hooked_macs(TwoPartitionNet().eval(), (torch.randn(1, 3, 8, 8),)))
+    npu = [row for row in rows if row["where"] == "NPU" and row["kind"] != "overhead"]
+    assert [row["operator"] for row in npu] == ["TRANSPOSE", "PAD", "CONV_2D", "TRANSPOSE",
+                                                "TRANSPOSE", "PAD", "CONV_2D", "RESHAPE", "FULLY_CONNECTED"]
+    conv = npu[2]
+    assert (conv["input_shapes"], conv["output_shapes"], int(conv["macs"])) == ("1x10x10x3", "1x8x8x8", CONV1_MACS)
+    assert int(conv["weight_bytes"]) == 8 * 3 * 3 * 3 + 4 * 8  # int8 weights, int32 biases
+    # The pool stays on the CPU with its quantize/dequantize neighbours, each with a cost-model estimate.
+    cpu = {row["name"]: row for row in rows if row["where"] == "CPU"}
+    assert set(cpu) == {e.name for e in report.rejected()}
+    (pool,) = [row for row in cpu.values() if row["operator"] == POOL]
+    assert float(pool["time_us"]) > 0
+
+
+def test_per_layer_in_json_and_html(compiled):
+    report = compiled.report
+    layers = report.to_dict()["layers"]
+    assert [(layer["name"], layer["macs"]) for layer in layers] == [
+        (row["name"], int(row["macs"])) for row in _csv_rows(report.per_layer_csv())]
+    page = report.to_html()
+    table = page[page.index('<table class="sortable" id="layers">'):page.index("</table>") + len("</table>")]
+    body = ElementTree.fromstring(table).find("tbody")
+    assert len(body) == len(layers)
+    assert "<script>" in page and "addEventListener" in page
+
+
+@pytest.mark.parametrize("name", ["resnet8", "ds_cnn"])
+def test_zoo_per_layer_macs_match_forward_hooks(name: str):
+    from neutron_backend.models import get_model
+    from neutron_backend.quantizer.calibration import random_batches
+
+    model, inputs = get_model(name)
+    expected = _hooked_macs(model, inputs)
+    compiled = compile_model(model, inputs, "mcxn94x", calibration_batches=random_batches(inputs, 1), progress=False)
+    _check_profile_adds_up(compiled.report, _csv_rows(compiled.report.per_layer_csv()), expected)
+
+
+def test_cli_writes_the_per_layer_csv_and_the_memory_report(tmp_path, capsys):
+    from neutron_backend.cli import main
+
+    pte, layers = tmp_path / "cifarnet.pte", tmp_path / "layers.csv"
+    assert main(["compile", "cifarnet", "--target", "mcxn94x", "-q", "-o", str(pte), "--per-layer", str(layers),
+                 "--report", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    rows = _csv_rows(layers.read_text())
+    # CifarNet: conv 5x5 3->32 on 32x32, 32->32 on 16x16, 32->64 on 8x8, FC 1024 -> 10.
+    macs = 32 * 32 * 32 * 3 * 25 + 32 * 16 * 16 * 32 * 25 + 64 * 8 * 8 * 32 * 25 + 1024 * 10
+    assert sum(int(row["macs"]) for row in rows) == report["total_macs"] == macs
+    assert sum(float(row["time_us"]) for row in rows) == pytest.approx(report["latency_estimate"]["total_us"])
+    memory = report["memory"]
+    assert memory["pte_bytes"] == pte.stat().st_size
+    assert [c["memory"] for c in memory["checks"]] == ["SRAM", "flash"]
+    assert memory["checks"][1]["needed_bytes"] == pte.stat().st_size
