@@ -351,6 +351,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return outputs[-1]
 
     float_model = loaded.model if loaded is not None else None
+    torch.set_num_threads(1)  # batch-1 models: intra-op threads only add wake-ups on a shared machine
     result = verify(run, quantized, batches, float_model=float_model, labels=labels, progress=not args.quiet,
                     num_worst=args.worst)
     float_errors = _float_errors(outputs, float_model, batches, result.output_scales) if float_model else None
@@ -449,6 +450,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n2. Run {output} on this PC (ExecuTorch's runtime, the NPU partitions emulated on the host) on {what}, "
           "against the quantized and the float PyTorch model\n")
     sys.stdout.flush()
+    torch.set_num_threads(1)  # batch-1 models: intra-op threads only add wake-ups on a shared machine
     result = verify(output, compiled.quantized, samples, float_model=loaded.model, labels=labels,
                     progress=not args.quiet)
     print(result)
