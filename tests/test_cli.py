@@ -338,7 +338,7 @@ def test_usage_errors_are_one_line_with_status_2(work):
     line = _one_line_error(neutron("run", "missing.pte", cwd=work, expect=2), "run")
     assert "missing.pte" in line
     line = _one_line_error(neutron("verify", "missing.pte", cwd=work, expect=2), "verify")
-    assert "--model" in line
+    assert "no such .pte file: missing.pte" in line
 
 
 # -- ops, targets, models, demo ----------------------------------------------------------------------------------
