@@ -1,9 +1,13 @@
-"""The model zoo end to end: delegation, MACs, numerical agreement with the quantized torch model, and timings.
+"""The model zoo end to end: delegation, MACs, accuracy and agreement with the quantized torch model, and timings.
 
-For every zoo model (`neutron_backend.models`): quantize it with NeutronQuantizer (16 seeded N(0, 1) calibration
-batches), partition and lower it for imxrt700 (`neutron_backend.pipeline.compile_model`), then run the .pte on the
-host (ExecuTorch runtime, Neutron partitions on LiteRT's reference kernels) on 100 seeded N(0, 1) inputs (a seed
-different from the calibration's) and compare with the quantized torch model (`neutron_backend.verify.verify`).
+For every zoo model (`neutron_backend.models`): quantize it with NeutronQuantizer, partition and lower it for
+imxrt700 (`neutron_backend.pipeline.compile_model`), then run the .pte on the host (ExecuTorch runtime) and compare
+it with the quantized torch model (`neutron_backend.verify.verify`):
+
+- trained models (`*_digits`): calibrated on their first 256 training images, checked on the 360 held-out test
+  images: float, quantized and .pte accuracy, top-1 agreement of the .pte with the quantized model;
+- random-weight models: calibrated on 16 seeded N(0, 1) batches, run on 100 seeded N(0, 1) inputs (a seed
+  different from the calibration's): lowering figures and errors only, no accuracy.
 
 Figures per model: call_function nodes (delegated / all), partitions, MACs and the delegated fraction, max and mean
 error in output quantization steps, top-1 agreement with the reference (classifiers), how many distinct classes the
@@ -12,7 +16,7 @@ reference's margin between its class and the .pte's (a near-tie when it is withi
 (quantize + calibrate + partition + lower) wall and CPU seconds, host run per inference.
 Writes bench/results/zoo.{json,md}.
 
-    python bench/zoo.py                              # every model, 100 inputs
+    python bench/zoo.py                              # every model (random-weight ones on 100 inputs)
     python bench/zoo.py --models resnet8 ds_cnn --inputs 20 --threads 2
 """
 
@@ -68,10 +72,15 @@ def measure(name: str, num_inputs: int) -> dict:
     start = time.perf_counter()
     model, example_inputs = entry.build()
     build_s = time.perf_counter() - start
+    if entry.trained:
+        calibration = entry.calibration()
+        split = entry.test_split()
+        inputs, labels = split.batches(), list(split.labels)
+    else:
+        calibration = random_batches(example_inputs, CALIBRATION_BATCHES, seed=CALIBRATION_SEED)
+        inputs, labels = random_batches(example_inputs, num_inputs, seed=INPUT_SEED), None
     wall, cpu = time.perf_counter(), time.process_time()
-    compiled = compile_model(model, example_inputs, TARGET, progress=False,
-                             calibration_batches=random_batches(example_inputs, CALIBRATION_BATCHES,
-                                                                seed=CALIBRATION_SEED))
+    compiled = compile_model(model, example_inputs, TARGET, progress=False, calibration_batches=calibration)
     compile_wall_s, compile_cpu_s = time.perf_counter() - wall, time.process_time() - cpu
     report = compiled.report
 
@@ -81,11 +90,12 @@ def measure(name: str, num_inputs: int) -> dict:
         program = _Recorder(load_pte(pte_path))
         reference = _Recorder(compiled.quantized)
         scales = output_scales(compiled.quantized)
-        inputs = random_batches(example_inputs, num_inputs, seed=INPUT_SEED)
-        result = verify(program, reference, inputs, float_model=model, output_scale=scales)
+        result = verify(program, reference, inputs, float_model=model, output_scale=scales, labels=labels)
 
     row = dict(
         model=name, description=entry.description, source=entry.source, classifier=entry.classifier,
+        trained=entry.trained, float_accuracy=result.float_accuracy, quantized_accuracy=result.reference_accuracy,
+        pte_accuracy=result.pte_accuracy,
         input_shape=list(entry.input_shape), params=sum(p.numel() for p in model.parameters()),
         nodes=len(report.nodes), delegated_nodes=sum(e.delegated for e in report.nodes),
         cpu_nodes=[f"{e.name} ({e.target}): {e.reason}" for e in report.rejected()],
@@ -97,11 +107,11 @@ def measure(name: str, num_inputs: int) -> dict:
         host_ms_per_inference=round(1000 * program.seconds / result.num_samples, 2),
     )
     if entry.classifier:
-        ref_classes = [int(out.argmax()) for out in reference.first_outputs]
         # A disagreement, as verify counts it, is a positive top-1 margin.
         gaps = [top1_margin(ref, pte) for ref, pte in zip(reference.first_outputs, program.first_outputs, strict=True)]
         margins = [gap / scales[0] for gap in gaps if gap > 0]
-        row.update(top1_agreement=result.top1_agreement, distinct_reference_classes=len(set(ref_classes)),
+        row.update(top1_agreement=result.top1_agreement if result.agreement_is_meaningful else None,
+                   distinct_reference_classes=result.distinct_reference_classes,
                    top1_agreement_with_float=result.top1_agreement_with_float,
                    reference_top1_agreement_with_float=result.reference_top1_agreement_with_float,
                    disagreement_margins_steps=[round(m, 3) for m in margins],
@@ -166,25 +176,51 @@ def machine() -> dict:
                 library_modified=bool(_git("status", "--porcelain", "--", "neutron_backend")))
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.0f}%"
+def _percent(value: float | None, digits: int = 0) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
+
+
+def _agreement(row: dict) -> str:
+    if not row["classifier"]:
+        return "-"
+    if row.get("top1_agreement") is None:
+        return f"not claimed ({row['distinct_reference_classes']} class)"
+    return _percent(row["top1_agreement"], 1 if row["trained"] else 0)
+
+
+def trained_table(rows: list[dict]) -> list[str]:
+    """The trained models: accuracy on the held-out test split (also README.md's zoo table)."""
+    lines = [
+        "| model | input | MACs | MACs on NPU | partitions | float accuracy | quantized accuracy | .pte accuracy | "
+        "top-1 agreement (.pte vs quantized) | classes predicted | max / mean error (steps) | compile (s, CPU) | "
+        "host run (ms) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in (r for r in rows if r["trained"]):
+        shape = "x".join(map(str, r["input_shape"]))
+        lines.append(
+            f"| {r['model']} | {shape} | {r['macs']:,} | {_percent(r['delegated_mac_fraction'])} | {r['partitions']} | "
+            f"{_percent(r['float_accuracy'], 2)} | {_percent(r['quantized_accuracy'], 2)} | "
+            f"{_percent(r['pte_accuracy'], 2)} | {_agreement(r)} | {r['distinct_reference_classes']} | "
+            f"{r['max_error_steps']:g} / {r['mean_error_steps']:.3f} | {r['compile_cpu_s']:.0f} | "
+            f"{r['host_ms_per_inference']:.1f} |")
+    return lines
 
 
 def markdown_table(rows: list[dict]) -> list[str]:
-    """The per-model table (also what README.md's "Model zoo" section shows)."""
+    """The random-weight models: lowering figures and errors, no accuracy (also README.md's second zoo table)."""
     lines = [
         "| model | input | MACs | nodes on NPU | partitions | MACs on NPU | max / mean error (steps) | "
         "top-1 agreement | distinct classes | compile (s, CPU) | host run (ms) |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in rows:
+    for r in (r for r in rows if not r["trained"]):
         shape = "x".join(map(str, r["input_shape"]))
         distinct = r.get("distinct_reference_classes", "-")
         lines.append(
             f"| {r['model']} | {shape} | {r['macs']:,} | {r['delegated_nodes']}/{r['nodes']} | {r['partitions']} | "
             f"{_percent(r['delegated_mac_fraction'])} | {r['max_error_steps']:g} / {r['mean_error_steps']:.3f} | "
-            f"{_percent(r.get('top1_agreement'))} | {distinct} | {r['compile_cpu_s']:.0f} | "
-            f"{r['host_ms_per_inference']:.1f} |")
+            f"{_agreement(r)} | {distinct} | {r['compile_cpu_s']:.0f} | {r['host_ms_per_inference']:.1f} |")
     return lines
 
 
@@ -194,22 +230,30 @@ def write(rows: list[dict], command: str, info: dict) -> None:
     lines = [
         "# Model zoo on imxrt700",
         "",
-        f"Each model quantized with NeutronQuantizer ({CALIBRATION_BATCHES} seeded N(0, 1) calibration batches), "
-        f"lowered for {TARGET} with `neutron_backend.pipeline.compile_model`, and its .pte run on the host "
-        "(ExecuTorch runtime; Neutron partitions on LiteRT's BUILTIN_REF kernels) on seeded N(0, 1) inputs against "
-        "the quantized torch model (`neutron_backend.verify.verify`). Weights are random (seeded) with batchnorm "
-        "statistics warmed up: the figures measure the lowering, not accuracy on a dataset.",
+        f"Each model quantized with NeutronQuantizer, lowered for {TARGET} with "
+        "`neutron_backend.pipeline.compile_model`, and its .pte run on the host (ExecuTorch runtime, Neutron "
+        "partitions emulated) against the quantized torch model (`neutron_backend.verify.verify`).",
+        "",
+        "Trained models (weights in `neutron_backend/models/weights/`, `python -m neutron_backend.models.train`): "
+        "calibrated on 256 training images of scikit-learn's digits, checked on the 360 held-out test images "
+        "(80/20 stratified split, seed 0). Accuracy counts a sample when its label is the single top-1 class. "
+        "Top-1 agreement counts a sample when every class the .pte ranks top is a top class of the quantized model "
+        "(a tie counts only where the quantized model is tied too). `classes predicted`: distinct single top-1 "
+        "classes of the quantized model.",
+        "",
+        f"Random-weight models: {CALIBRATION_BATCHES} seeded N(0, 1) calibration batches, seeded N(0, 1) inputs; "
+        "weights random (seeded) with batchnorm statistics warmed up: the figures measure the lowering, not "
+        "accuracy, and their agreement is not a claim (with random weights top-1 is decided by small margins). "
+        "Where the quantized model predicts a single class, no agreement is shown.",
         "",
         "Error is |pte - reference| in output quantization steps. LiteRT's reference kernels requantize in fixed "
         "point (double rounding), torch in float: each requantizing op may differ by 1 step, and deeper layers "
-        "amplify earlier differences, so deep models show more than 1 step at the output. Top-1 agreement counts "
-        "a sample when the .pte's top-1 class is one of the reference's (int8 logits often tie at the maximum). "
-        "`distinct classes` is how many different top-1 classes the reference predicts on these inputs (1 means "
-        "agreement says little). The last table's `reference top-1 kept under 1-step noise` is the top-1 "
-        "agreement of the quantized torch model with itself when each of its requantizations is one step off on a "
-        "random 0.2% of its outputs (the kind and rate of difference fixed-point kernels make): how fragile the "
-        "model's top-1 is under differences DESIGN.md's 1-step-per-op rule allows. Compile time is CPU seconds of "
-        "quantize + calibrate + partition + lower (wall time depends on the machine's load).",
+        "amplify earlier differences, so deep models show more than 1 step at the output. The last table's "
+        "`reference top-1 kept under 1-step noise` is the top-1 agreement of the quantized torch model with itself "
+        "when each of its requantizations is one step off on a random 0.2% of its outputs (the kind and rate of "
+        "difference fixed-point kernels make): how fragile the model's top-1 is under differences DESIGN.md's "
+        "1-step-per-op rule allows. Compile time is CPU seconds of quantize + calibrate + partition + lower (wall "
+        "time depends on the machine's load).",
         "",
         f"Command: `{command}`",
         "",
@@ -217,6 +261,12 @@ def write(rows: list[dict], command: str, info: dict) -> None:
         f"{info['torch_threads']}, Python {info['python']}, torch {info['torch']}, executorch {info['executorch']}, "
         f"ai-edge-litert {info['ai_edge_litert']}; commit {info['commit']}"
         f"{' with local changes to neutron_backend/' if info['library_modified'] else ''}",
+        "",
+        "Trained models, on the held-out digits test split:",
+        "",
+        *trained_table(rows),
+        "",
+        "Random-weight models:",
         "",
         *markdown_table(rows),
         "",

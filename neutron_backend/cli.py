@@ -19,7 +19,7 @@ from typing import Any
 
 from neutron_backend.targets import UnknownTargetError, get_target, list_targets
 
-DEMO_MODEL = "cifarnet"
+DEMO_MODEL = "mobilenet_v2_digits"
 DEMO_SAMPLES = 50
 RANDOM_VERIFY_SAMPLES = 20
 USAGE_ERROR = 2
@@ -176,6 +176,9 @@ def _cmd_compile(args: argparse.Namespace) -> int:
         intermediates_dir=args.intermediates_dir, int8_io=args.int8_io)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_bytes(compiled.pte)
+    from neutron_backend.pipeline import save_reference
+
+    reference = save_reference(compiled, output)
     if args.report == "json":
         print(json.dumps(compiled.report.to_dict(), indent=2))
     else:
@@ -191,7 +194,8 @@ def _cmd_compile(args: argparse.Namespace) -> int:
             for index, q in sorted(quantization.items()):
                 _say(args, f"int8 {kind} {index}: real = (q - {q.zero_point}) * {q.scale:.9g}")
     kind = _EMULATION_NOTE if args.flavor is None else f"deployable payload for NXP's runtime ({args.flavor})"
-    _say(args, f"wrote {output} ({len(compiled.pte):,} bytes; {kind})")
+    _say(args, f"wrote {output} ({len(compiled.pte):,} bytes; {kind}) and its quantized reference {reference} "
+               "(for `neutron verify`)")
     return 0
 
 
@@ -276,58 +280,105 @@ def _float_errors(outputs: list[tuple], float_model, batches: list[tuple], scale
     return worst, total / max(count, 1)
 
 
+def _verify_reference(args: argparse.Namespace, loaded):
+    """The quantized model the .pte came from: --quantized, else the one `neutron compile` saved next to the .pte,
+    else (deprecated) MODEL quantized again; checked against the .pte's qparams, or refused."""
+    from neutron_backend.pipeline import load_exported_program, reference_path
+    from neutron_backend.pte_qparams import check_reference
+
+    saved = reference_path(args.pte)
+    how = (f"`neutron compile MODEL -o {args.pte}` writes the .pte and its reference {saved}; pass that file (or "
+           "compile's --intermediates-dir quantized.pt2) with --quantized")
+    if args.quantized or saved.is_file():
+        path = args.quantized or saved
+        quantized = load_exported_program(path).module()
+        _say(args, f"reference: {path}")
+    elif loaded is not None:
+        from neutron_backend.quantizer.calibration import quantize_model
+
+        logger.warning("no quantized reference next to %s (%s): quantizing %s again (deprecated: the reference is "
+                       "then only right with the same --target and --calibration-data as compile, which is checked)",
+                       args.pte, saved, loaded.name)
+        quantized = quantize_model(loaded.model, loaded.example_inputs, target=args.target,
+                                   calibration_batches=_calibration(args, loaded), progress=not args.quiet)
+    else:
+        raise UsageError(f"no quantized reference for {args.pte}: {how}")
+    check_reference(args.pte, quantized, how)
+    return quantized
+
+
+def _verify_data(args: argparse.Namespace, program, loaded) -> tuple[list, list | None]:
+    """The samples and labels to verify on: --data, else a trained zoo model's test split, else random inputs."""
+    import torch
+
+    shapes = [shape for shape, _ in program.input_specs]
+    dtypes = [dtype if isinstance(dtype, torch.dtype) else torch.float32 for _, dtype in program.input_specs]
+    if args.data:
+        from neutron_backend.datasets import load_dataset
+
+        samples = load_dataset(args.data, shapes, dtypes)
+        _say(args, f"data: {len(samples.batches)} sample(s) from {args.data}"
+                   f"{' with labels' if samples.labels is not None else ' (no labels: no accuracy)'}")
+        return samples.batches, samples.labels
+    entry = _zoo_entry(loaded)
+    if entry is not None and entry.trained:
+        split = entry.test_split()
+        _say(args, f"data: the {len(split.labels)} held-out {entry.dataset} test images of {entry.name}")
+        return split.batches(), list(split.labels)
+    from neutron_backend.quantizer.calibration import random_batches
+
+    logger.warning("no --data: verifying on %d random N(0, 1) inputs (seed 1); pass --data (a folder of images, "
+                   "FILE.py:FUNCTION or a .pt/.npz file) for real inputs and labels", RANDOM_VERIFY_SAMPLES)
+    examples = tuple(torch.zeros(s, dtype=d) for s, d in zip(shapes, dtypes, strict=True))
+    return random_batches(examples, RANDOM_VERIFY_SAMPLES, seed=1), None
+
+
+def _zoo_entry(loaded):
+    if loaded is None:
+        return None
+    from neutron_backend.models import list_models, zoo_entry
+
+    return zoo_entry(loaded.name) if loaded.name in list_models() else None
+
+
 def _cmd_verify(args: argparse.Namespace) -> int:
     import torch
 
-    from neutron_backend.pipeline import load_samples
     from neutron_backend.runtime import load_pte
     from neutron_backend.verify import verify
 
     if not Path(args.pte).is_file():
         raise UsageError(f"no such .pte file: {args.pte}")
-    loaded = _load_model(args.model)
-    example = loaded.example_inputs
-    if args.data:
-        samples = load_samples(args.data, [x.shape for x in example], [x.dtype for x in example])
-        batches, labels = samples.batches, samples.labels
-    else:
-        from neutron_backend.quantizer.calibration import random_batches
-
-        logger.warning("no --data: verifying on %d random N(0, 1) inputs (seed 1); pass --data FILE for real "
-                       "inputs (and labels for accuracy)", RANDOM_VERIFY_SAMPLES)
-        batches, labels = random_batches(example, RANDOM_VERIFY_SAMPLES, seed=1), None
-    if args.quantized:
-        from neutron_backend.pipeline import load_exported_program
-
-        quantized = load_exported_program(args.quantized).module()
-        _say(args, f"quantized reference: {args.quantized}")
-    else:
-        from neutron_backend.quantizer.calibration import quantize_model
-
-        _say(args, f"quantizing {loaded.name} again for the reference (same --target and --calibration-data as "
-                   "compile give the same model)")
-        quantized = quantize_model(loaded.model, example, target=args.target,
-                                   calibration_batches=_calibration(args, loaded), progress=not args.quiet)
+    loaded = _load_model(args.model) if args.model else None
+    quantized = _verify_reference(args, loaded)
     program = _FloatIO(load_pte(args.pte), args)
+    batches, labels = _verify_data(args, program, loaded)
     outputs: list[tuple] = []
 
     def run(*inputs: torch.Tensor) -> tuple:
         outputs.append(program(*inputs))
         return outputs[-1]
 
-    result = verify(run, quantized, batches, float_model=loaded.model, labels=labels)
-    float_max, float_mean = _float_errors(outputs, loaded.model, batches, result.output_scales)
+    float_model = loaded.model if loaded is not None else None
+    torch.set_num_threads(1)  # batch-1 models: intra-op threads only add wake-ups on a shared machine
+    result = verify(run, quantized, batches, float_model=float_model, labels=labels, progress=not args.quiet,
+                    num_worst=args.worst)
+    float_errors = _float_errors(outputs, float_model, batches, result.output_scales) if float_model else None
     if args.json:
         from dataclasses import asdict
 
-        print(json.dumps({**asdict(result), "max_error_steps_vs_float": float_max,
-                          "mean_error_steps_vs_float": float_mean}, indent=2))
+        extra = {"agreement_is_meaningful": result.agreement_is_meaningful}
+        if float_errors is not None:
+            extra.update(max_error_steps_vs_float=float_errors[0], mean_error_steps_vs_float=float_errors[1])
+        print(json.dumps({**asdict(result), **extra}, indent=2))
     else:
-        print(f"{args.pte} against the quantized and float {loaded.name} on {result.num_samples} sample(s):")
+        against = f"the quantized and float {loaded.name}" if loaded is not None else "its quantized reference"
+        print(f"{args.pte} against {against} on {result.num_samples} sample(s):")
         print(result)
-        print(f"  against the float model: max {float_max:.3g} step(s), mean {float_mean:.3g} step(s) "
-              "(quantization error: the float model is not the reference)")
-        if not loaded.classifier:
+        if float_errors is not None:
+            print(f"  against the float model: max {float_errors[0]:.3g} step(s), mean {float_errors[1]:.3g} step(s) "
+                  "(quantization error: the float model is not the reference)")
+        if loaded is not None and not loaded.classifier:
             print("  (this model's output is not class scores: top-1 figures do not mean much)")
     if args.max_steps is not None and result.max_error_steps > args.max_steps:
         print(f"neutron verify: FAILED: {result.max_error_steps:.4g} step(s) > --max-steps {args.max_steps:g}",
@@ -349,10 +400,14 @@ def _in_short(loaded, report, estimate, result) -> list[str]:
     else:
         why = (f"every operator met Neutron's constraints on {report.target} (`neutron ops --target {report.target}`);"
                f" the CPU only converts between float and int8 at the edges ({plumbing} quantize/dequantize node(s))")
-    accuracy = (f"the .pte is within {result.max_error_steps:.3g} output quantization step(s) of the quantized "
-                f"PyTorch model, top-1 agreement {100 * result.top1_agreement:.1f}%")
-    if result.top1_agreement_with_float is not None and loaded.classifier:
-        accuracy += f" ({100 * result.top1_agreement_with_float:.1f}% with the float model)"
+    if result.pte_accuracy is not None:
+        accuracy = (f"on {result.num_top1_samples} held-out images: float {100 * result.float_accuracy:.2f}%, "
+                    f"quantized {100 * result.reference_accuracy:.2f}%, .pte {100 * result.pte_accuracy:.2f}%; "
+                    f"top-1 agreement .pte vs quantized {result.agreement_text(result.top1_agreement)}")
+    else:
+        accuracy = (f"the .pte is within {result.max_error_steps:.3g} output quantization step(s) of the quantized "
+                    f"PyTorch model; random weights: no accuracy, top-1 agreement "
+                    f"{result.agreement_text(result.top1_agreement)}")
     lines = ["In short:", f"  where:    {where}", f"  why:      {why}", f"  accuracy: {accuracy}"]
     lines.append(f"  speed:    about {estimate.total_us / 1000:.2f} ms per inference on {report.target}, vs "
                  f"~{estimate.all_cpu_us / 1000:.1f} ms on the {estimate.cpu} alone - a cost-model estimate, "
@@ -363,32 +418,50 @@ def _in_short(loaded, report, estimate, result) -> list[str]:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from neutron_backend.pipeline import compile_model
+    from neutron_backend.pipeline import compile_model, save_reference
     from neutron_backend.quantizer.calibration import random_batches
     from neutron_backend.verify import verify
 
     target = get_target(args.target)
     loaded = _load_model(args.model)
+    entry = _zoo_entry(loaded)
+    trained = entry is not None and entry.trained
+    output = Path(args.output or f"{loaded.name}.pte")
     print(f"Neutron backend demo: {loaded.name} on {target.name} ({target.npu}, {target.macs_per_cycle} MACs/cycle)")
-    print(f"Model: {loaded.description}. Its weights are seeded random (no pretrained weights ship); it is "
-          "calibrated on 16 seeded random batches.")
-    print("\n1. Compile: quantize to int8 (NeutronQuantizer), partition (NeutronPartitioner), lower to "
-          f"{args.output}\n")
+    if trained:
+        print(f"Model: {loaded.description}; weights trained on scikit-learn's digits "
+              f"(neutron_backend/models/weights), calibrated on {len(loaded.calibration_batches)} training images.")
+        calibration = loaded.calibration_batches
+    else:
+        print(f"Model: {loaded.description}. Its weights are seeded random, so no accuracy is claimed; it is "
+              "calibrated on 16 seeded random batches.")
+        calibration = random_batches(loaded.example_inputs)
+    print(f"\n1. Compile: quantize to int8 (NeutronQuantizer), partition (NeutronPartitioner), lower to {output}\n")
     sys.stdout.flush()
-    compiled = compile_model(loaded.model, loaded.example_inputs, target.name,
-                             calibration_batches=random_batches(loaded.example_inputs), progress=not args.quiet)
-    output = Path(args.output)
+    compiled = compile_model(loaded.model, loaded.example_inputs, target.name, calibration_batches=calibration,
+                             progress=not args.quiet)
     output.write_bytes(compiled.pte)
+    save_reference(compiled, output)
     report = compiled.report
     print(report.summary())
     print(f"\nwrote {output} ({len(compiled.pte):,} bytes; {_EMULATION_NOTE})")
-    print(f"\n2. Run {output} on this PC (ExecuTorch's runtime; the NPU partitions run on LiteRT's reference int8 "
-          f"kernels) on {args.samples} random inputs, against the quantized and the float PyTorch model\n")
+    if trained:
+        split = entry.test_split()
+        count = min(args.samples or len(split.labels), len(split.labels))
+        samples, labels = split.batches(count), list(split.labels[:count])
+        what = f"the {count} held-out test images"
+    else:
+        generator = torch.Generator().manual_seed(1)
+        count = args.samples or DEMO_SAMPLES
+        samples = [tuple(torch.randn(x.shape, generator=generator) for x in loaded.example_inputs)
+                   for _ in range(count)]
+        labels, what = None, f"{count} random inputs"
+    print(f"\n2. Run {output} on this PC (ExecuTorch's runtime, the NPU partitions emulated on the host) on {what}, "
+          "against the quantized and the float PyTorch model\n")
     sys.stdout.flush()
-    generator = torch.Generator().manual_seed(1)
-    samples = [tuple(torch.randn(x.shape, generator=generator) for x in loaded.example_inputs)
-               for _ in range(args.samples)]
-    result = verify(output, compiled.quantized, samples, float_model=loaded.model)
+    torch.set_num_threads(1)  # batch-1 models: intra-op threads only add wake-ups on a shared machine
+    result = verify(output, compiled.quantized, samples, float_model=loaded.model, labels=labels,
+                    progress=not args.quiet)
     print(result)
     print("\n" + "\n".join(_in_short(loaded, report, report.latency_estimate(), result)))
     return 0
@@ -484,19 +557,27 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--repeat", type=_positive_int, default=1, metavar="N", help="run every input N times for timing")
     run.add_argument("--save", metavar="FILE", help="save the outputs, stacked per output, to a .pt or .npz file")
 
-    verify = commands.add_parser("verify", parents=[sub_common], help="check a .pte against its PyTorch model",
-                                 description="Run PTE on this PC and compare it with the quantized PyTorch model (the "
-                                 "reference: error in output quantization steps, top-1 agreement) and the float model.")
+    verify = commands.add_parser("verify", parents=[sub_common], help="check a .pte against its quantized model",
+                                 description="Run PTE on this PC over a data set and compare it with the quantized "
+                                 "model it was lowered from (the reference, saved by compile as "
+                                 "PTE_NAME.quantized.pt2: error in output quantization steps, RMSE, cosine "
+                                 "similarity, top-1 agreement, worst inputs) and with the float model (--model); "
+                                 "with labels, the accuracy of all three. A reference whose qparams differ from "
+                                 "the .pte's is refused.")
     verify.add_argument("pte", metavar="PTE")
-    verify.add_argument("--model", required=True, metavar="MODEL",
-                        help=f"the model PTE was compiled from: {_MODEL_HELP}")
-    verify.add_argument("--data", metavar="FILE", help=f"inputs (and labels for accuracy): {_DATA_HELP}. Default: "
+    verify.add_argument("--model", metavar="MODEL", help=f"the float model PTE was compiled from, for float accuracy "
+                        f"and agreement: {_MODEL_HELP}")
+    verify.add_argument("--data", metavar="DATA", help="inputs (and labels for accuracy): a folder of images with one "
+                        "subfolder per class, FILE.py:FUNCTION returning a DataLoader (or an iterable of (inputs, "
+                        f"labels)), or {_DATA_HELP}. Default: a trained zoo MODEL's test split, else "
                         f"{RANDOM_VERIFY_SAMPLES} random inputs (with a warning)")
+    verify.add_argument("--quantized", metavar="FILE.pt2", help="the quantized reference (default: "
+                        "PTE_NAME.quantized.pt2 next to PTE, written by compile)")
     _add_target(verify)
-    verify.add_argument("--calibration-data", metavar="FILE", help="the calibration data given to compile, so the "
-                        "quantized reference is the same")
-    verify.add_argument("--quantized", metavar="FILE.pt2", help="the quantized reference written by compile "
-                        "--intermediates-dir (quantized.pt2) instead of quantizing again")
+    verify.add_argument("--calibration-data", metavar="FILE", help="deprecated: without a saved reference, MODEL is "
+                        "quantized again with this calibration data (refused unless its qparams match the .pte's)")
+    verify.add_argument("--worst", type=int, default=5, metavar="N", help="list the N inputs with the largest error "
+                        "(default 5)")
     verify.add_argument("--max-steps", type=_non_negative_float, metavar="STEPS",
                         help="exit with status 1 when the error exceeds STEPS output quantization steps")
     verify.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -519,9 +600,10 @@ def _parser() -> argparse.ArgumentParser:
                                "explain what ran where, why, how accurate and how fast it is estimated to be.")
     demo.add_argument("--model", default=DEMO_MODEL, metavar="MODEL", help=f"a zoo model (default {DEMO_MODEL})")
     _add_target(demo)
-    demo.add_argument("-o", "--output", default=f"{DEMO_MODEL}.pte", metavar="PTE", help="the .pte to write")
-    demo.add_argument("--samples", type=_positive_int, default=DEMO_SAMPLES, metavar="N",
-                      help=f"random inputs to check the .pte on (default {DEMO_SAMPLES})")
+    demo.add_argument("-o", "--output", metavar="PTE", help="the .pte to write (default MODEL.pte)")
+    demo.add_argument("--samples", type=_positive_int, metavar="N",
+                      help=f"check on the first N test images of a trained model (default all), or N random inputs "
+                      f"for a random-weight one (default {DEMO_SAMPLES})")
     return parser
 
 
@@ -559,7 +641,8 @@ def _is_usage_error(error: BaseException) -> bool:
 
     usage = [UsageError, NeutronConfigError, UnknownTargetError, FileNotFoundError]
     for module, name in (("neutron_backend.pipeline", "InputError"),
-                         ("neutron_backend.converter", "ConverterNotInstalledError")):
+                         ("neutron_backend.converter", "ConverterNotInstalledError"),
+                         ("neutron_backend.pte_qparams", "ReferenceMismatchError")):
         if module in sys.modules:
             usage.append(getattr(sys.modules[module], name))
     return isinstance(error, tuple(usage))

@@ -43,6 +43,8 @@ class CompiledModel:
     example_inputs: tuple[torch.Tensor, ...]
     # With int8_io: the qparams the caller applies to the .pte's int8 inputs and outputs (neutron_backend.int8_io).
     int8_io: Int8IO | None = None
+    # The quantized model exported for lowering: what `save_reference` writes next to the .pte.
+    quantized_program: torch.export.ExportedProgram | None = None
 
 
 def compile_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ...], target: str = "imxrt700", *,
@@ -88,7 +90,24 @@ def compile_model(model: torch.nn.Module, example_inputs: tuple[torch.Tensor, ..
     if intermediates_dir is not None:
         _write_intermediates(Path(intermediates_dir), exported, partitioner.report)
     return CompiledModel(pte=pte, report=partitioner.report, quantized=quantized, edge_program=edge_copy,
-                         example_inputs=example_inputs, int8_io=io)
+                         example_inputs=example_inputs, int8_io=io, quantized_program=exported)
+
+
+REFERENCE_SUFFIX = ".quantized.pt2"
+
+
+def reference_path(pte_path: str | Path) -> Path:
+    """Where `neutron compile` saves the quantized reference of a .pte: `model.pte` -> `model.quantized.pt2`."""
+    pte_path = Path(pte_path)
+    return pte_path.with_name(pte_path.stem + REFERENCE_SUFFIX)
+
+
+def save_reference(compiled: CompiledModel, pte_path: str | Path) -> Path:
+    """Saves the quantized model `compiled` was lowered from next to its .pte (`reference_path`), for
+    `neutron verify`; returns the path."""
+    path = reference_path(pte_path)
+    torch.export.save(compiled.quantized_program, path)
+    return path
 
 
 @contextlib.contextmanager
@@ -160,7 +179,8 @@ def load_model(spec: str) -> LoadedModel:
     except ValueError as error:
         raise InputError(f"{error} A model can also be given as {MODEL_FORMS}") from error
     model, example_inputs = entry.build()
-    return LoadedModel(entry.name, model, tuple(example_inputs), classifier=entry.classifier,
+    calibration = entry.calibration() if entry.calibration is not None else None
+    return LoadedModel(entry.name, model, tuple(example_inputs), calibration, classifier=entry.classifier,
                        description=entry.description)
 
 

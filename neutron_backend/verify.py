@@ -16,8 +16,9 @@ import contextlib
 import logging
 import math
 import os
+import sys
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,30 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["VerifyResult", "output_scales", "top1_margin", "verify"]
+__all__ = ["OutputMetrics", "VerifyResult", "WorstInput", "output_scales", "top1_margin", "verify"]
+
+
+@dataclass(frozen=True)
+class OutputMetrics:
+    """How one output of the ``.pte`` differs from the reference's over all samples (what ST Edge AI's
+    ``validate`` shows per output): the largest and mean ``|pte - reference|`` in output quantization steps, the
+    root-mean-square error in the output's own units, and the cosine similarity of the two outputs flattened over
+    every sample (1.0 for identical outputs; 1.0 too when both are all zeros)."""
+
+    scale: float
+    max_error_steps: float
+    mean_error_steps: float
+    rmse: float
+    cosine_similarity: float
+
+
+@dataclass(frozen=True)
+class WorstInput:
+    """One of the samples with the largest error: its index in the inputs and its largest error in steps over
+    every output."""
+
+    index: int
+    max_error_steps: float
 
 
 @dataclass(frozen=True)
@@ -33,13 +57,19 @@ class VerifyResult:
     """How closely a ``.pte`` reproduces its reference over a set of inputs.
 
     Errors are ``|pte - reference|`` over every element of every output; "steps" divide them by the output's
-    quantization scale (``max_error_steps`` rounded to 4 decimals, absorbing float32 rounding). Top-1 figures
-    are fractions in [0, 1] over samples: every batch item (first dim) of the first output, ranked over its
-    remaining elements. Two outputs agree on a sample when their top-1 classes can be the same: with int8 outputs
-    several classes often share the maximum quantized logit, and any class of such a tie is a valid top-1 (argmax
-    would pick the first by index, an arbitrary choice). Accuracies count a labelled sample as correct only when
-    the label is the single top-1 class. Accuracies are only set when labels were given, the float-model figures
-    only when a float model was.
+    quantization scale (``max_error_steps`` rounded to 4 decimals, absorbing float32 rounding); ``outputs`` has
+    them per output, with RMSE and cosine similarity; ``worst_inputs`` the samples with the largest errors,
+    worst first. Top-1 figures are fractions in [0, 1] over samples: every batch item (first dim) of the first
+    output, ranked over its remaining elements. A compared model agrees with its reference on a sample when every
+    class it ranks top is a top class of the reference: several classes of an int8 output often share the maximum,
+    and a tie only counts when the reference itself is tied the same way (a ``.pte`` tied between the reference's
+    class and another does not agree: its answer is ambiguous where the reference's is not).
+
+    ``distinct_reference_classes`` (and ``distinct_pte_classes``) count the classes that are the single top-1 of
+    at least one sample. With fewer than 2, agreement says nothing (a model predicting one class agrees with
+    anything predicting the same class): ``agreement_is_meaningful`` is False and the text says so instead of a
+    percentage. Accuracies count a labelled sample as correct only when the label is the single top-1 class. They
+    are only set when labels were given, the float-model figures only when a float model was.
     """
 
     num_samples: int
@@ -49,11 +79,27 @@ class VerifyResult:
     top1_agreement: float
     output_scales: tuple[float, ...]
     num_top1_samples: int
+    distinct_reference_classes: int = 0
+    distinct_pte_classes: int = 0
+    outputs: tuple[OutputMetrics, ...] = ()
+    worst_inputs: tuple[WorstInput, ...] = ()
     top1_agreement_with_float: float | None = None
     reference_top1_agreement_with_float: float | None = None
     pte_accuracy: float | None = None
     reference_accuracy: float | None = None
     float_accuracy: float | None = None
+
+    @property
+    def agreement_is_meaningful(self) -> bool:
+        """Whether the reference predicts at least two classes, so that top-1 agreement can tell models apart."""
+        return self.distinct_reference_classes >= 2
+
+    def agreement_text(self, agreement: float) -> str:
+        """`agreement` as a percentage, or why it is not shown (the reference predicts fewer than 2 classes)."""
+        if self.agreement_is_meaningful:
+            return f"{100 * agreement:.2f}%"
+        return (f"not claimed: the reference predicts {self.distinct_reference_classes} distinct class(es) over "
+                f"{self.num_top1_samples} sample(s), so agreement says nothing")
 
     def __str__(self) -> str:
         scales = ", ".join(f"{s:.6g}" for s in self.output_scales)
@@ -62,8 +108,16 @@ class VerifyResult:
             f"output scale(s) {scales}",
             f"  max |pte - reference| = {self.max_abs_error:.6g} "
             f"({self.max_error_steps:.3g} step(s); mean {self.mean_error_steps:.3g} step(s))",
-            f"  top-1 agreement with the reference: {100 * self.top1_agreement:.2f}%",
         ]
+        for number, out in enumerate(self.outputs):
+            lines.append(f"  output {number}: max {out.max_error_steps:.3g} step(s), mean {out.mean_error_steps:.3g}, "
+                         f"RMSE {out.rmse:.4g}, cosine similarity {out.cosine_similarity:.6f}")
+        if self.worst_inputs:
+            worst = ", ".join(f"#{w.index} ({w.max_error_steps:.3g})" for w in self.worst_inputs)
+            lines.append(f"  worst inputs (index, max error in steps): {worst}")
+        lines.append(f"  classes predicted: reference {self.distinct_reference_classes}, pte "
+                     f"{self.distinct_pte_classes} (distinct single top-1 classes)")
+        lines.append(f"  top-1 agreement with the reference: {self.agreement_text(self.top1_agreement)}")
         if self.top1_agreement_with_float is not None:
             lines.append(f"  top-1 agreement with the float model: {100 * self.top1_agreement_with_float:.2f}% "
                          f"(reference: {100 * self.reference_top1_agreement_with_float:.2f}%)")
@@ -186,23 +240,74 @@ def _top1(output: torch.Tensor) -> torch.Tensor:
     return flat == flat.max(dim=1, keepdim=True).values
 
 
-def _agreement(first: torch.Tensor, second: torch.Tensor) -> float:
-    """The fraction of batch items whose top-1 masks share a class."""
-    return (first & second).any(dim=1).double().mean().item()
+def _agreement(candidate: torch.Tensor, reference: torch.Tensor) -> float:
+    """The fraction of batch items where every top-1 class of `candidate` is a top-1 class of `reference` (a tie
+    in the candidate counts only where the reference is tied over those classes too)."""
+    return (candidate & ~reference).logical_not().all(dim=1).double().mean().item()
+
+
+def _distinct_classes(top1: torch.Tensor) -> int:
+    """How many classes are the single top-1 class of at least one batch item."""
+    single = top1[top1.sum(dim=1) == 1]
+    return int(single.any(dim=0).sum().item())
 
 
 def top1_margin(reference: torch.Tensor, output: torch.Tensor) -> float:
     """How far, in the reference's own units, the reference ranks `output`'s top-1 below its own: the reference's
-    maximum minus the best reference value among `output`'s tied maxima. 0 exactly when the two agree on top-1 as
+    maximum minus its lowest value among `output`'s tied maxima. 0 exactly when the two agree on top-1 as
     `verify` counts it."""
     reference, output = reference.reshape(-1), output.reshape(-1)
-    return (reference.max() - reference[output == output.max()].max()).item()
+    return (reference.max() - reference[output == output.max()].min()).item()
 
 
 def _correct(top1: torch.Tensor, targets: torch.Tensor) -> float:
     """The fraction of batch items whose single top-1 class is its target (a tie including it is not correct)."""
     hit = top1.gather(1, targets.reshape(-1, 1)).squeeze(1) & (top1.sum(dim=1) == 1)
     return hit.double().mean().item()
+
+
+class _OutputAccumulator:
+    """Running sums for one output's metrics, in float64."""
+
+    def __init__(self, scale: float) -> None:
+        self.scale = scale
+        self.max_abs = 0.0
+        self.sum_abs = self.sum_sq = self.dot = self.sum_sq_pte = self.sum_sq_ref = 0.0
+        self.count = 0
+
+    def add(self, got: torch.Tensor, want: torch.Tensor) -> float:
+        """Adds one sample; returns its largest error in steps."""
+        got, want = got.double(), want.double()
+        diff = (got - want).abs()
+        if not diff.numel():
+            return 0.0
+        worst = diff.max().item()
+        self.max_abs = max(self.max_abs, worst)
+        self.sum_abs += diff.sum().item()
+        self.sum_sq += (diff * diff).sum().item()
+        self.dot += (got * want).sum().item()
+        self.sum_sq_pte += (got * got).sum().item()
+        self.sum_sq_ref += (want * want).sum().item()
+        self.count += diff.numel()
+        return round(worst / self.scale, _STEP_DECIMALS)
+
+    def metrics(self) -> OutputMetrics:
+        norms = math.sqrt(self.sum_sq_pte * self.sum_sq_ref)
+        both_zero = self.sum_sq_pte == 0 and self.sum_sq_ref == 0
+        cosine = 1.0 if both_zero else (self.dot / norms if norms else 0.0)
+        count = max(self.count, 1)
+        return OutputMetrics(scale=self.scale, max_error_steps=round(self.max_abs / self.scale, _STEP_DECIMALS),
+                             mean_error_steps=self.sum_abs / self.scale / count, rmse=math.sqrt(self.sum_sq / count),
+                             cosine_similarity=cosine)
+
+
+def _progress(inputs: Iterable[Any], enabled: bool) -> Iterable[Any]:
+    if not enabled:
+        return inputs
+    from tqdm import tqdm
+
+    total = len(inputs) if isinstance(inputs, Sized) else None
+    return tqdm(inputs, total=total, desc="verifying", unit="sample", file=sys.stderr)
 
 
 def verify(
@@ -213,6 +318,8 @@ def verify(
     float_model: torch.nn.Module | None = None,
     labels: Iterable[torch.Tensor | int] | None = None,
     output_scale: float | Sequence[float] | None = None,
+    progress: bool = False,
+    num_worst: int = 5,
 ) -> VerifyResult:
     """Runs every input sample through the ``.pte`` (on the host, :func:`neutron_backend.runtime.load_pte`)
     and through ``reference`` (the quantized GraphModule from ``convert_pt2e``) and compares them.
@@ -222,7 +329,8 @@ def verify(
     tensors (a bare tensor is taken as a 1-tuple). Output scales are read from the reference's final dequantize
     nodes unless ``output_scale`` (one float, or one per output) is given. With ``float_model``, top-1 agreement
     with it is reported too; with ``labels`` (one per sample: a class index, or a tensor of one per batch item),
-    accuracies of the ``.pte``, the reference and the float model.
+    accuracies of the ``.pte``, the reference and the float model. ``progress`` shows a progress bar on stderr;
+    ``num_worst`` is how many of the worst samples the result lists.
 
     Returns a :class:`VerifyResult`. Raises ValueError for empty inputs, a different number or shape of outputs
     between the ``.pte`` and the reference, or labels not matching the samples.
@@ -237,15 +345,13 @@ def verify(
     label_list = None if labels is None else list(labels)
 
     num_samples = 0
-    num_elements = 0
-    max_abs = 0.0
-    max_steps = 0.0
-    sum_steps = 0.0
+    accumulators: list[_OutputAccumulator] = []
+    sample_errors: list[float] = []
     top1_pte: list[torch.Tensor] = []
     top1_ref: list[torch.Tensor] = []
     top1_float: list[torch.Tensor] = []
     with torch.no_grad():
-        for index, sample in enumerate(inputs):
+        for index, sample in enumerate(_progress(inputs, progress)):
             args = _as_inputs(sample, index)
             actual = _as_outputs(program(*args), "the .pte")
             expected = _as_outputs(reference(*args), "the reference")
@@ -256,16 +362,15 @@ def verify(
                 scales = scales * len(expected)
             if len(scales) != len(expected):
                 raise ValueError(f"{len(scales)} output scale(s) given for {len(expected)} output(s)")
-            for number, (got, want, scale) in enumerate(zip(actual, expected, scales, strict=True)):
+            if not accumulators:
+                accumulators = [_OutputAccumulator(scale) for scale in scales]
+            worst = 0.0
+            for number, (got, want, accumulator) in enumerate(zip(actual, expected, accumulators, strict=True)):
                 if got.shape != want.shape:
                     raise ValueError(f"sample {index}, output {number}: the .pte returned shape {list(got.shape)} "
                                      f"but the reference {list(want.shape)}")
-                diff = (got.double() - want.double()).abs()
-                if diff.numel():
-                    max_abs = max(max_abs, diff.max().item())
-                    max_steps = max(max_steps, round(diff.max().item() / scale, _STEP_DECIMALS))
-                    sum_steps += diff.sum().item() / scale
-                    num_elements += diff.numel()
+                worst = max(worst, accumulator.add(got, want))
+            sample_errors.append(worst)
             top1_pte.append(_top1(actual[0]))
             top1_ref.append(_top1(expected[0]))
             if float_model is not None:
@@ -295,19 +400,22 @@ def verify(
         accuracies["reference_accuracy"] = _correct(ref_top1, targets)
         if float_top1 is not None:
             accuracies["float_accuracy"] = _correct(float_top1, targets)
+    per_output = tuple(accumulator.metrics() for accumulator in accumulators)
+    num_elements = sum(a.count for a in accumulators)
+    worst_first = sorted(range(num_samples), key=lambda i: (-sample_errors[i], i))[:num_worst]
     return VerifyResult(
         num_samples=num_samples,
-        max_abs_error=max_abs,
-        max_error_steps=max_steps,
-        mean_error_steps=sum_steps / num_elements if num_elements else 0.0,
+        max_abs_error=max(a.max_abs for a in accumulators),
+        max_error_steps=max(o.max_error_steps for o in per_output),
+        mean_error_steps=sum(a.sum_abs / a.scale for a in accumulators) / num_elements if num_elements else 0.0,
         top1_agreement=_agreement(pte_top1, ref_top1),
         output_scales=scales,
         num_top1_samples=pte_top1.shape[0],
-        top1_agreement_with_float=(
-            None if float_top1 is None else _agreement(pte_top1, float_top1)
-        ),
-        reference_top1_agreement_with_float=(
-            None if float_top1 is None else _agreement(ref_top1, float_top1)
-        ),
+        distinct_reference_classes=_distinct_classes(ref_top1),
+        distinct_pte_classes=_distinct_classes(pte_top1),
+        outputs=per_output,
+        worst_inputs=tuple(WorstInput(i, sample_errors[i]) for i in worst_first if sample_errors[i] > 0),
+        top1_agreement_with_float=None if float_top1 is None else _agreement(pte_top1, float_top1),
+        reference_top1_agreement_with_float=None if float_top1 is None else _agreement(ref_top1, float_top1),
         **accuracies,
     )

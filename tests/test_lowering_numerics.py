@@ -250,19 +250,25 @@ def test_verify_accepts_a_path_bytes_or_a_program_manager(tmp_path: Path) -> Non
     assert by_path.max_error_steps <= MAX_ERROR_STEPS
 
 
-def test_verify_counts_any_class_of_a_tied_maximum_as_top1(quantized_relu) -> None:
+def test_verify_counts_a_tie_only_where_the_reference_is_tied(quantized_relu) -> None:
     quantized, _ = quantized_relu
     samples = [(torch.eye(10)[i:i + 1] * 3,) for i in range(4)]  # relu keeps the one-hot: argmax i
 
-    def tied(x):  # the stand-in .pte ties class 9 with the true maximum; argmax picks the lower index
+    def tied(x):  # the stand-in .pte ties class 9 with the reference's single maximum
         out = quantized(x).clone()
         out[0, 9] = out.max()
         return (out,)
 
     result = verify(tied, quantized, samples, labels=[0, 1, 2, 3])
-    assert result.top1_agreement == 1.0
-    # A tie is not a correct answer: the label must be the single top-1 class.
+    # The reference is not tied, so the .pte's ambiguous answer does not agree; nor is a tie a correct answer.
+    assert result.top1_agreement == 0.0
     assert (result.pte_accuracy, result.reference_accuracy) == (0.0, 1.0)
+    assert (result.distinct_reference_classes, result.distinct_pte_classes) == (4, 0)
+
+    # The other side: a reference tied between classes i and 9 agrees with a .pte choosing either one, or both.
+    tied_reference = Fn(lambda x: tied(x)[0])
+    for choose in (lambda x: (quantized(x),), lambda x: (x.roll(9 - int(x.argmax()), 1),), tied):
+        assert verify(choose, tied_reference, samples, output_scale=0.1).top1_agreement == 1.0
 
     def tied_elsewhere(x):  # ties two classes, neither of them the reference's
         out = quantized(x).clone()
@@ -270,6 +276,20 @@ def test_verify_counts_any_class_of_a_tied_maximum_as_top1(quantized_relu) -> No
         return (out,)
 
     assert verify(tied_elsewhere, quantized, samples).top1_agreement == 0.0
+    assert verify(tied_elsewhere, tied_reference, samples, output_scale=0.1).top1_agreement == 0.0
+
+
+def test_verify_claims_no_agreement_for_a_reference_predicting_one_class(quantized_relu) -> None:
+    quantized, _ = quantized_relu
+    one_class = [(torch.eye(10)[:1] * (i + 1),) for i in range(4)]  # always class 0
+    result = verify(lambda x: (quantized(x),), quantized, one_class)
+    assert result.top1_agreement == 1.0 and result.distinct_reference_classes == 1
+    assert not result.agreement_is_meaningful
+    assert "not claimed: the reference predicts 1 distinct class(es) over 4 sample(s)" in str(result)
+    assert "100.00%" not in str(result)
+    # A constant output (every class tied) predicts no class at all.
+    flat = verify(lambda x: (torch.zeros(1, 10),), Fn(lambda x: torch.zeros(1, 10)), one_class, output_scale=0.1)
+    assert flat.distinct_reference_classes == 0 and not flat.agreement_is_meaningful
 
 
 def test_top1_margin_is_zero_exactly_on_agreement() -> None:
@@ -278,8 +298,36 @@ def test_top1_margin_is_zero_exactly_on_agreement() -> None:
     reference = torch.tensor([0.1, 0.9, 0.9, 0.4])
     assert top1_margin(reference, torch.tensor([0.0, 0.5, 0.2, 0.1])) == 0.0
     assert top1_margin(reference, torch.tensor([0.0, 0.1, 0.1, 0.7])) == pytest.approx(0.5)
-    # A tie in the output counts for its class the reference ranks highest.
-    assert top1_margin(reference, torch.tensor([0.7, 0.0, 0.7, 0.0])) == 0.0
+    # A tie in the output agrees only when every tied class is a top class of the reference.
+    assert top1_margin(reference, torch.tensor([0.0, 0.7, 0.7, 0.0])) == 0.0
+    assert top1_margin(reference, torch.tensor([0.7, 0.0, 0.7, 0.0])) == pytest.approx(0.8)
+
+
+def test_verify_reports_per_output_metrics_and_worst_inputs(quantized_relu) -> None:
+    quantized, example_inputs = quantized_relu
+    from neutron_backend.verify import output_scales
+
+    (scale,) = output_scales(quantized)
+    samples = [(torch.eye(10)[i:i + 1] * 3,) for i in range(6)]
+
+    def off_on_sample_4(x):  # 3 steps off at one element of sample 4, exact elsewhere
+        out = quantized(x).clone()
+        if x[0, 4] > 0:
+            out[0, 0] += 3 * scale
+        return (out,)
+
+    result = verify(off_on_sample_4, quantized, samples)
+    (out,) = result.outputs
+    assert out.max_error_steps == pytest.approx(3.0)
+    assert out.mean_error_steps == pytest.approx(3.0 / 60)
+    assert out.rmse == pytest.approx(((3 * scale) ** 2 / 60) ** 0.5, rel=1e-5)
+    # Independent computation of the cosine similarity over all samples, flattened.
+    got = torch.cat([off_on_sample_4(x)[0] for (x,) in samples]).double().reshape(-1)
+    want = torch.cat([quantized(x) for (x,) in samples]).double().reshape(-1)
+    assert out.cosine_similarity == pytest.approx(torch.nn.functional.cosine_similarity(got, want, dim=0).item())
+    assert [(w.index, w.max_error_steps) for w in result.worst_inputs] == [(4, pytest.approx(3.0))]
+    assert "worst inputs (index, max error in steps): #4 (3)" in str(result)
+    assert "cosine similarity" in str(result)
 
 
 def test_verify_rejects_labels_that_are_not_class_indices(quantized_relu) -> None:

@@ -1,15 +1,13 @@
-"""The model zoo end to end: every zoo model lowers for imxrt700 with all of its MACs on the NPU, in the expected number
-of partitions, and its .pte, run on the host (ExecuTorch runtime, Neutron partitions on LiteRT's reference kernels),
-agrees with the quantized torch model.
+"""The random-weight zoo models end to end: every one lowers for imxrt700 with all of its MACs on the NPU, in one
+partition, and its .pte, run on the host (ExecuTorch runtime), returns the reference's outputs on the reference's
+int8 output grid.
 
 Weights are random (seeded) with batchnorm statistics warmed up, and inputs are seeded N(0, 1), so these check the
-lowering, not accuracy on a dataset. Error bounds are in output quantization steps. LiteRT's reference kernels
-requantize in fixed point with double rounding, torch in float, so each requantizing conv may differ by 1 step
-(`tests/test_ops_conv.py` holds each op to that) and later layers amplify those differences: the deeper the model,
-the larger the error at its output. `bench/zoo.py` measures the same figures with the same seeds and one torch thread
-(bench/results/zoo.md); the bounds below are those measurements with headroom for float differences between machines
-and thread counts (the float calibration, hence the qparams, depends on them). A top-1 disagreement must be a
-near-tie: the reference's margin between its class and the .pte's class is within the model's error bound.
+lowering, not numbers a model is judged by: on random weights a deep network is chaotic (two correct integer
+implementations, LiteRT's optimized and reference kernels, differ by up to 16 output steps on MobileNetV2), so no
+model-level error or agreement figure is asserted here (DESIGN.md section 7). Per-operator bounds (1 step per
+requantizing operator) are asserted in tests/test_ops_*.py and tests/test_lowering_numerics.py; accuracy and top-1
+agreement are asserted on the trained zoo models in tests/test_trained_models.py.
 """
 
 from __future__ import annotations
@@ -25,50 +23,21 @@ from neutron_backend.models import get_model, list_models, zoo_entry
 from neutron_backend.pipeline import CompiledModel, compile_model
 from neutron_backend.quantizer.calibration import random_batches
 from neutron_backend.runtime import load_pte
-from neutron_backend.verify import VerifyResult, output_scales, top1_margin, verify
+from neutron_backend.verify import VerifyResult, output_scales, verify
 
 TARGET = "imxrt700"
 CALIBRATION_BATCHES = 16
 # Inputs differ from the calibration batches (seed 0).
 INPUT_SEED = 1
-NUM_INPUTS = 100
-MIN_TOP1_AGREEMENT = 0.99
+NUM_INPUTS = 10
 BOUNDARY_QDQ = {"quantized_decomposed.quantize_per_tensor.default",
                 "quantized_decomposed.dequantize_per_tensor.default"}
 
 
-@dataclass(frozen=True)
-class Expected:
-    """What a zoo model must achieve. `partitions`: every operator of these models is supported, so all of it
-    between the input's quantize and the output's dequantize is one partition. `max_error_steps` and
-    `mean_error_steps` bound |pte - reference| over the NUM_INPUTS seeded inputs (the measurement in
-    bench/results/zoo.md is in the comment at each model). `min_top1_agreement` applies to classifiers."""
-
-    partitions: int
-    max_error_steps: float
-    mean_error_steps: float
-    min_top1_agreement: float = MIN_TOP1_AGREEMENT
-
-
-EXPECTED = {
-    # 3 conv + linear; measured max 1, mean 0.19.
-    "cifarnet": Expected(partitions=1, max_error_steps=1.0, mean_error_steps=0.3),
-    # Fully connected layers requantize exactly like torch here; measured max 0, mean 0. DESIGN.md allows 1.
-    "autoencoder": Expected(partitions=1, max_error_steps=1.0, mean_error_steps=0.1),
-    # 7 conv + 3 residual adds + linear; measured max 4, mean 0.61, top-1 100%.
-    "resnet8": Expected(partitions=1, max_error_steps=6.0, mean_error_steps=1.0),
-    # 9 conv + linear; measured max 2, mean 0.50, top-1 100% (twice the .pte's maximum is tied between the
-    # reference's class and another, which argmax alone would have counted as a disagreement).
-    "ds_cnn": Expected(partitions=1, max_error_steps=3.0, mean_error_steps=0.8),
-    # 27 conv + linear, the deepest chain without residuals: a 1-step difference on 0.2% of the input elements
-    # alone moves its output by up to 16 steps (mean 4.8) in the torch reference; measured max 58, mean 14.0.
-    "mobilenet_v1_vww": Expected(partitions=1, max_error_steps=70.0, mean_error_steps=18.0),
-    # 52 conv + 10 residual adds + linear at 224x224; measured max 29, mean 5.06, top-1 77% at reference margins
-    # up to 17 steps. With random weights its top-1 is fragile: the quantized torch model itself agrees with the
-    # float model on 63% of the inputs, and keeps its own top-1 on only 87% when 0.2% of each requantization's
-    # outputs move by one step (bench/zoo.py).
-    "mobilenet_v2": Expected(partitions=1, max_error_steps=40.0, mean_error_steps=8.0, min_top1_agreement=0.65),
-}
+RANDOM_WEIGHT_MODELS = sorted(name for name in list_models() if not zoo_entry(name).trained)
+# Every operator of these models is supported, so all of it between the input's quantize and the output's
+# dequantize is one partition.
+PARTITIONS = 1
 SLOW = {"mobilenet_v2"}
 
 
@@ -148,11 +117,7 @@ def _params(names: list[str]) -> list:
     return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name for name in names]
 
 
-def test_every_zoo_model_has_expectations() -> None:
-    assert set(EXPECTED) == set(list_models())
-
-
-@pytest.mark.parametrize("name", _params(sorted(EXPECTED)))
+@pytest.mark.parametrize("name", _params(RANDOM_WEIGHT_MODELS))
 def test_zoo_model_delegates_all_macs(name: str, tmp_path_factory: pytest.TempPathFactory,
                                       record_property) -> None:
     run = _run(name, tmp_path_factory.mktemp(name))
@@ -161,35 +126,29 @@ def test_zoo_model_delegates_all_macs(name: str, tmp_path_factory: pytest.TempPa
     record_property("macs", report.total_macs)
     assert report.delegated_mac_fraction == 1.0, str(report)
     assert report.total_macs == _reference_macs(run.model, run.example_inputs)
-    assert report.num_partitions == EXPECTED[name].partitions, str(report)
+    assert report.num_partitions == PARTITIONS, str(report)
     # Only the quantize of the model input and the dequantize of its output stay on the CPU.
     cpu = report.rejected()
     assert len(cpu) == 2 and {entry.target for entry in cpu} == BOUNDARY_QDQ, str(report)
 
 
-@pytest.mark.parametrize("name", _params(sorted(EXPECTED)))
-def test_zoo_model_pte_agrees_with_quantized_model(name: str, tmp_path_factory: pytest.TempPathFactory,
-                                                   record_property) -> None:
+@pytest.mark.parametrize("name", _params(RANDOM_WEIGHT_MODELS))
+def test_zoo_model_pte_outputs_lie_on_the_reference_output_grid(name: str,
+                                                                tmp_path_factory: pytest.TempPathFactory) -> None:
     run = _run(name, tmp_path_factory.mktemp(name))
-    result, expected = run.result, EXPECTED[name]
-    record_property("max_error_steps", result.max_error_steps)
-    record_property("mean_error_steps", result.mean_error_steps)
-    record_property("top1_agreement", result.top1_agreement)
-    assert result.num_samples == NUM_INPUTS
-    assert result.max_error_steps <= expected.max_error_steps, str(result)
-    assert result.mean_error_steps <= expected.mean_error_steps, str(result)
-    if not zoo_entry(name).classifier:
-        return
-    assert result.top1_agreement >= expected.min_top1_agreement, str(result)
-    scale = result.output_scales[0]
-    for reference, pte in zip(run.reference_outputs, run.pte_outputs, strict=True):
-        margin_steps = top1_margin(reference, pte) / scale
-        assert margin_steps <= expected.max_error_steps, (
-            f"top-1 disagreement at a reference margin of {margin_steps:.2f} steps (reference class "
-            f"{int(reference.argmax())}, .pte class {int(pte.argmax())})")
+    assert run.result.num_samples == NUM_INPUTS
+    # The .pte's output is the int8 result of its last operator dequantized by the CPU with the reference's output
+    # qparams: every value is (q - zero_point) * scale for an integer q in [-128, 127].
+    dequantize = next(n for n in run.compiled.quantized.graph.nodes if n.op == "output").args[0][0]
+    scale, zero_point = float(dequantize.args[1]), int(dequantize.args[2])
+    for pte, reference in zip(run.pte_outputs, run.reference_outputs, strict=True):
+        assert pte.shape == reference.shape
+        steps = pte / scale + zero_point
+        assert torch.allclose(steps, steps.round(), atol=1e-3), f"{name}: off the output grid"
+        assert steps.round().min() >= -128 and steps.round().max() <= 127
 
 
-@pytest.mark.parametrize("name", sorted(set(EXPECTED) - SLOW))
+@pytest.mark.parametrize("name", sorted(set(RANDOM_WEIGHT_MODELS) - SLOW))
 def test_zoo_model_is_deterministic_with_warmed_up_batchnorm(name: str) -> None:
     (first, (x_first,)), (second, (x_second,)) = get_model(name), get_model(name.upper())
     assert not first.training

@@ -7,6 +7,10 @@ channels, batchnorm + ReLU after each), 25x5 average pooling and a 64 -> 12 clas
 Input 1x1x49x10 (NCHW). The reference's 'same' padding of the first convolution pads rows 4 above and 5 below;
 PyTorch pads symmetrically, so this pads 5 and 5 (same 25x5 output, same MACs). Weights are seeded, batchnorm
 statistics warmed up on random data.
+
+`DSCNN1d` is the same network over time only (a 1-D variant, as temporal-convolution KWS models are): the 10
+features of each of the 49 frames are the channels of a 1x10x49 input, a 10-tap stride-2 convolution, four 1-D
+depthwise-separable blocks (3-tap depthwise), average pooling over the 25 frames and the classifier.
 """
 
 from __future__ import annotations
@@ -37,6 +41,31 @@ class DSCNN(nn.Module):
                        nn.Conv2d(CHANNELS, CHANNELS, 1), *_bn_relu(CHANNELS)]
         self.features = nn.Sequential(*layers)
         self.pool = nn.AvgPool2d((25, 5))
+        self.classifier = nn.Linear(CHANNELS, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+INPUT_SHAPE_1D = (1, 10, 49)
+
+
+def _bn1d_relu(channels: int) -> list[nn.Module]:
+    return [nn.BatchNorm1d(channels), nn.ReLU()]
+
+
+class DSCNN1d(nn.Module):
+    """DS-CNN over time (1-D convolutions); input [N, 10 features, 49 frames]; `forward` returns the logits."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        super().__init__()
+        features = INPUT_SHAPE_1D[1]
+        layers: list[nn.Module] = [nn.Conv1d(features, CHANNELS, 10, stride=2, padding=5), *_bn1d_relu(CHANNELS)]
+        for _ in range(NUM_BLOCKS):
+            layers += [nn.Conv1d(CHANNELS, CHANNELS, 3, padding=1, groups=CHANNELS), *_bn1d_relu(CHANNELS),
+                       nn.Conv1d(CHANNELS, CHANNELS, 1), *_bn1d_relu(CHANNELS)]
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AvgPool1d(25)
         self.classifier = nn.Linear(CHANNELS, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

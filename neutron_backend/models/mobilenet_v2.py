@@ -4,8 +4,10 @@ Bottlenecks", CVPR 2018 (arXiv:1801.04381), Table 2.
 A 3x3 stride-2 stem (32 channels), 17 inverted residual blocks (1x1 expansion, 3x3 depthwise, linear 1x1
 projection; batchnorm after each convolution, ReLU6 after the first two; a residual add when the stride is 1
 and the channel count is kept), a 1x1 convolution to 1280 channels, global average pooling and a 1280 -> 1000
-classifier. Returns logits. Weights are seeded, batchnorm statistics warmed up on random data; no pretrained
-weights ship with the package.
+classifier. Returns logits. `MobileNetV2(width_mult=0.35, num_classes=10)` scales every layer's channels as the
+paper's width multiplier does (rounded to multiples of 8, the last layer kept at 1280 below width 1.0), e.g. for
+the digits-trained zoo model at 32x32 (`neutron_backend.models.train`). `build()` gives width 1.0 with seeded
+weights and batchnorm statistics warmed up on random data.
 """
 
 from __future__ import annotations
@@ -63,22 +65,32 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_residual else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
-    """MobileNetV2 at width 1.0; `forward` returns the class logits."""
+def _make_divisible(channels: float, divisor: int = 8) -> int:
+    """`channels` rounded to the nearest multiple of `divisor`, never more than 10% below it (the reference
+    implementation's rounding of width-multiplied channel counts)."""
+    rounded = max(divisor, int(channels + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * channels else rounded
 
-    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 at width `width_mult`; `forward` returns the class logits."""
+
+    def __init__(self, num_classes: int = NUM_CLASSES, width_mult: float = 1.0) -> None:
         super().__init__()
-        layers: list[nn.Module] = [conv_bn_relu6(3, STEM_CHANNELS, 3, stride=2)]
-        in_channels = STEM_CHANNELS
-        for expansion, out_channels, repeats, first_stride in INVERTED_RESIDUAL_SETTING:
+        stem = _make_divisible(STEM_CHANNELS * width_mult)
+        last = _make_divisible(LAST_CHANNELS * max(1.0, width_mult))
+        layers: list[nn.Module] = [conv_bn_relu6(3, stem, 3, stride=2)]
+        in_channels = stem
+        for expansion, channels, repeats, first_stride in INVERTED_RESIDUAL_SETTING:
+            out_channels = _make_divisible(channels * width_mult)
             for index in range(repeats):
                 layers.append(InvertedResidual(in_channels, out_channels, first_stride if index == 0 else 1,
                                                expansion))
                 in_channels = out_channels
-        layers.append(conv_bn_relu6(in_channels, LAST_CHANNELS, 1))
+        layers.append(conv_bn_relu6(in_channels, last, 1))
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(LAST_CHANNELS, num_classes))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
