@@ -10,8 +10,8 @@ With ceil_mode, PyTorch adds a last, partial window per axis when the input does
   before the last real row and reaches past it, so it holds that row, and copies of an element a window already
   holds do not change its maximum. Padding with the dtype minimum would be the same on the NPU, but a float pad
   value below every activation would reach the quantizer's observers (which then see -inf); the copies never do.
-- avg pooling with a partial window divides by a count that depends on the window; it stays as it is (the
-  partitioner's reason says why).
+- avg pooling with a partial window divides by a count that depends on the window, and a dilated max pooling's
+  partial window may skip the last row; both stay as they are (the partitioner's reason says why).
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _rewrite(graph_module: GraphModule, node: Node) -> bool:
     kernel, stride, padding, dilation = _window(node)
     extras = [extra_rows(shape[2 + axis], kernel[axis], stride[axis], padding[axis], dilation[axis])
               for axis in range(2)]
-    if any(extras) and node.target != aten.max_pool2d.default:
+    if any(extras) and (node.target != aten.max_pool2d.default or dilation != (1, 1)):
         return False
     with graph_module.graph.inserting_before(node):
         pooled_input = x
