@@ -72,7 +72,8 @@ def _delegates(edge: Any) -> list[Any]:
     return [m for m in edge.exported_program().graph_module.children() if isinstance(m, LoweredBackendModule)]
 
 
-def _ours(model: Any, example: tuple, batches: list[tuple], run_host: bool) -> dict:
+def lower_ours(model: Any, example: tuple, batches: list[tuple], run_host: bool) -> dict:
+    """Our flow on `model`: quantize (NeutronQuantizer, `batches`), lower, to_executorch (and a host run)."""
     import executorch.kernels.quantized  # noqa: F401 - out-variants of quantize/dequantize for to_executorch
     import torch
     from executorch.exir import to_edge_transform_and_lower
@@ -111,7 +112,8 @@ def _ours(model: Any, example: tuple, batches: list[tuple], run_host: bool) -> d
     return result
 
 
-def _xnnpack(model: Any, example: tuple, batches: list[tuple]) -> dict:
+def lower_xnnpack(model: Any, example: tuple, batches: list[tuple]) -> dict:
+    """XNNPACK's flow on `model`: XNNPACKQuantizer (symmetric, `batches`), XnnpackPartitioner, to_executorch."""
     import executorch.kernels.quantized  # noqa: F401
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
@@ -156,12 +158,12 @@ def measure(name: str, xnnpack: bool, run_host: bool) -> dict:
                                build_s=round(time.perf_counter() - start, 2))
     batches = random_batches(example, CALIBRATION_BATCHES, seed=CALIBRATION_SEED)
     try:
-        row["neutron"] = _ours(copy.deepcopy(model), example, batches, run_host)
+        row["neutron"] = lower_ours(copy.deepcopy(model), example, batches, run_host)
     except Exception as error:  # noqa: BLE001 - a bench row records the failure and moves on
         row["neutron"] = dict(error=f"{type(error).__name__}: {str(error)[:500]}")
     if xnnpack:
         try:
-            row["xnnpack"] = _xnnpack(copy.deepcopy(model), example, batches)
+            row["xnnpack"] = lower_xnnpack(copy.deepcopy(model), example, batches)
         except Exception as error:  # noqa: BLE001
             row["xnnpack"] = dict(error=f"{type(error).__name__}: {str(error)[:500]}")
     return row
