@@ -9,6 +9,10 @@
    during quantization) next to the rest, which is ExecuTorch's (to_edge and its delegate machinery). Our stages
    are also re-timed alone (best of --repeat). Peak memory is the process's resident set, sampled every 10 ms.
    Goals: our stages <= 10% of the end-to-end time at every size; 4x the nodes <= 4.5x our stages' time.
+3. Whole flows (--flows): ExecuTorch's backend-suite 2-layer quantizable LSTM and the garden's largest convolutional
+   graph (densenet121), each quantized with its own flow's quantizer on the same batches and lowered: ours
+   (NeutronQuantizer + NeutronPartitioner) vs XNNPACK's (XNNPACKQuantizer + XnnpackPartitioner) in one process.
+   Goal: our quantize + lower <= 1.2x XNNPACK's.
 
 Quantization uses a MinMax activation observer and one calibration batch (same graph as the default histogram
 observer, only the qparams' values differ), so the big chains build in reasonable time.
@@ -17,6 +21,7 @@ observer, only the qparams' values differ), so the big chains build in reasonabl
     python bench/lowering.py --blocks 250 --skip-mobilenet
     python bench/lowering.py --skip-chains --repeat 5
     python bench/lowering.py --blocks 1000 --skip-mobilenet --profile   # cProfile our stages
+    python bench/lowering.py --skip-mobilenet --skip-chains --flows lstm,densenet121
 
 Writes bench/results/lowering.{json,md}.
 """
@@ -270,6 +275,61 @@ def measure_mobilenet(repeat: int) -> dict:
                 ratio=round(median["neutron"] / median["xnnpack"], 3))
 
 
+# -- whole flows: ExecuTorch's suite LSTM and the garden's largest model -------------------------------------------
+
+FLOW_MODELS = ("lstm", "densenet121")
+FLOW_RATIO_GOAL = 1.2
+
+
+class SuiteLSTM(nn.Module):
+    """ExecuTorch's backend suite LSTM case (operators/test_lstm.py, quantized flows): torch.nn.quantizable's LSTM,
+    2 layers, input 64, hidden 32, batch first, returning the output sequence."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torch.nn.quantizable.modules.rnn import LSTM
+
+        self.lstm = LSTM(input_size=64, hidden_size=32, num_layers=2, batch_first=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lstm(x)[0]
+
+
+def _flow_model(name: str) -> tuple[nn.Module, tuple[torch.Tensor, ...], list[tuple[torch.Tensor, ...]]]:
+    """(model, example inputs, calibration batches shared by both flows)."""
+    from neutron_backend.quantizer.calibration import random_batches
+
+    if name == "lstm":
+        generator = torch.Generator().manual_seed(0)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model = SuiteLSTM().eval()
+        example = (torch.rand(1, 10, 64, generator=generator) * 10,)  # the suite's input
+        return model, example, [example, *[(torch.rand(1, 10, 64, generator=generator) * 10,) for _ in range(4)]]
+    from neutron_backend.models import torchvision_garden
+
+    model, example = torchvision_garden.build(name)
+    return model, example, [example, *random_batches(example, 4, seed=1)]
+
+
+def measure_flow(name: str) -> dict:
+    """Our quantize + lower (+ to_executorch) and XNNPACK's on the same float model and batches, in this process;
+    our stages timed inside (StageTimes)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from garden import lower_ours, lower_xnnpack
+
+    model, example, batches = _flow_model(name)
+    nodes = sum(1 for n in torch.export.export(model, example).graph.nodes if n.op == "call_function")
+    with StageTimes() as times:
+        ours = lower_ours(copy.deepcopy(model), example, batches, run_host=False)
+    ours["stages_s"] = {k: round(v, 3) for k, v in times.seconds.items()}
+    xnnpack = lower_xnnpack(copy.deepcopy(model), example, batches)
+    total = {flow: row["quantize_s"] + row["lower_s"] for flow, row in (("ours", ours), ("xnnpack", xnnpack))}
+    return dict(model=name, exported_nodes=nodes, ours=ours, xnnpack=xnnpack,
+                quantize_plus_lower_s={k: round(v, 2) for k, v in total.items()},
+                ratio=round(total["ours"] / total["xnnpack"], 3))
+
+
 # -- conv chains -------------------------------------------------------------------------------------------------
 
 
@@ -411,6 +471,30 @@ def write(result: dict) -> None:
                   "Our stages inside each Neutron run (s): " + "; ".join(
                       ", ".join(f"{k} {v:.3f}" for k, v in run["stages_s"].items())
                       for run in mobilenet["runs"]["neutron"]) + ".", ""]
+    flows = result.get("flows")
+    if flows:
+        lines += ["## Whole flows: ours vs XNNPACK on the same float model", "",
+                  "Each flow quantizes with its own quantizer on the same 5 calibration batches (the suite's LSTM: "
+                  "its input `rand(1, 10, 64) * 10` and 4 more like it), then `to_edge_transform_and_lower` + "
+                  "`to_executorch`; lower = both. `ours` stages: our passes, ops_to_not_decompose, partition (incl. "
+                  "trial conversions), preprocess.", "",
+                  "| model | exported nodes | quantize s (ours / XNNPACK) | lower s (ours / XNNPACK) | "
+                  "quantize + lower s (ours / XNNPACK) | ratio | partitions (ours / XNNPACK) | our stages (s) |",
+                  "|---|---:|---:|---:|---:|---:|---:|---|"]
+        for row in flows:
+            ours, xnn = row["ours"], row["xnnpack"]
+            if "error" in ours or "error" in xnn:
+                error = ours.get("error") or xnn.get("error")
+                lines.append(f"| {row['model']} | {row['exported_nodes']} | error: {error} | | | | | |")
+                continue
+            total = row["quantize_plus_lower_s"]
+            lines.append(f"| {row['model']} | {row['exported_nodes']} | {ours['quantize_s']:.1f} / "
+                         f"{xnn['quantize_s']:.1f} | {ours['lower_s']:.1f} / {xnn['lower_s']:.1f} | "
+                         f"{total['ours']:.1f} / {total['xnnpack']:.1f} | **{row['ratio']:.2f}x** "
+                         f"({_verdict(row['ratio'] <= FLOW_RATIO_GOAL)}, goal <= {FLOW_RATIO_GOAL}x) | "
+                         f"{ours['partitions']} / {xnn['partitions']} | "
+                         + ", ".join(f"{k} {v:.2f}" for k, v in ours["stages_s"].items()) + " |")
+        lines.append("")
     chains = result.get("chains")
     if chains:
         lines += ["## Conv chains: our stages next to ExecuTorch's", "",
@@ -454,26 +538,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--skip-mobilenet", action="store_true")
     parser.add_argument("--skip-chains", action="store_true")
+    parser.add_argument("--flows", default=",".join(FLOW_MODELS),
+                        help=f"whole-flow cases, comma-separated (default {','.join(FLOW_MODELS)}; '' for none)")
     parser.add_argument("--profile", action="store_true", help="cProfile our stages on the largest chain")
     parser.add_argument("--stock-torch", action="store_true",
                         help="keep torch.export's quadratic placeholder loop (by default it is replaced with a linear "
                              "one of the same result, which only makes ExecuTorch's share faster)")
     parser.add_argument("--_chain", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--_mobilenet", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--_flow", help=argparse.SUPPRESS)
     parser.add_argument("--_out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args._chain or args._mobilenet:
+    if args._chain or args._mobilenet or args._flow:
         if not args.stock_torch:
             _patch_torch_signature_loop()
-        measured = (measure_chain(args._chain, args.repeat, args.profile) if args._chain
-                    else measure_mobilenet(args.repeat))
+        if args._flow:
+            measured = measure_flow(args._flow)
+        else:
+            measured = (measure_chain(args._chain, args.repeat, args.profile) if args._chain
+                        else measure_mobilenet(args.repeat))
         Path(args._out).write_text(json.dumps(measured))
         return 0
     command = "python " + " ".join(["bench/lowering.py", *(argv if argv is not None else sys.argv[1:])])
     result: dict[str, Any] = dict(command=command, stock_torch=args.stock_torch)
+    previous = RESULTS_DIR / "lowering.json"
+    if previous.exists():  # parts this run skips keep their last results
+        kept = json.loads(previous.read_text())
+        skipped = {"mobilenet": args.skip_mobilenet, "chains": args.skip_chains, "flows": not args.flows}
+        result.update({key: kept[key] for key, skip in skipped.items() if skip and key in kept})
     stock = ["--stock-torch"] if args.stock_torch else []
     if not args.skip_mobilenet:
         result["mobilenet"] = _in_subprocess(["--_mobilenet", "--repeat", str(args.repeat), *stock])
+    for name in filter(None, args.flows.split(",")):
+        result.setdefault("flows", []).append(_in_subprocess(["--_flow", name, *stock]))
+        print(json.dumps(result["flows"][-1]), flush=True)
+        result["machine"] = _machine()
+        write(result)
     if not args.skip_chains:
         sizes = sorted(args.blocks)
         result["chains"] = []

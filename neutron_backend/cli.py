@@ -160,6 +160,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
     shape_width = max(len(str(list(e.input_shape))) for e in entries)
     for e in entries:
         print(f"{e.name:<{width}}  {str(list(e.input_shape)):<{shape_width}}  {e.description}")
+    from neutron_backend.models import torchvision_garden
+
+    try:
+        garden = torchvision_garden.list_garden()
+    except ImportError as error:
+        _say(args, f"the torchvision garden is not listed: {error}")
+        return 0
+    names = [torchvision_garden.PREFIX + name for name in garden]
+    width = max(len(name) for name in names)
+    for name, builder in zip(names, garden, strict=True):
+        shape = str(list(torchvision_garden.input_shape(builder)))
+        print(f"{name:<{width}}  {shape:<{shape_width}}  torchvision.models.{builder}(weights=None), seeded, "
+              "batchnorm warmed up")
     return 0
 
 
@@ -481,6 +494,7 @@ _EPILOG = """\
 examples:
   neutron demo                                     what `make demo` runs
   neutron compile cifarnet -o cifarnet.pte         a zoo model (`neutron models` lists them)
+  neutron compile torchvision:mobilenet_v3_small   a torchvision classification model (weights=None)
   neutron compile model.pt2 --calibration-data calib.npz --exclude-op aten::max_pool2d
   neutron compile mymodel.py:build --report json > report.json
   neutron run cifarnet.pte --inputs images.pt
@@ -488,8 +502,9 @@ examples:
   neutron ops --target mcxn94x
 """
 
-_MODEL_HELP = ("a zoo model name (`neutron models`), a saved ExportedProgram FILE.pt2 (torch.export.save), or "
-               "FILE.py:FUNCTION where FUNCTION() returns (model, example_inputs[, calibration_batches])")
+_MODEL_HELP = ("a zoo model name or torchvision:NAME (`neutron models`), a saved ExportedProgram FILE.pt2 "
+               "(torch.export.save), or FILE.py:FUNCTION where FUNCTION() returns (model, example_inputs[, "
+               "calibration_batches])")
 _DATA_HELP = ("a .pt file (torch.save of a tensor, a tuple of tensors - one per model input -, a list of batches, or "
               "a dict with 'inputs' and optional 'labels') or a .npz file (one array per model input, optional "
               "'labels'); samples stacked on the first dimension")
@@ -592,8 +607,9 @@ def _parser() -> argparse.ArgumentParser:
                                   description="The target table, with the assumptions behind each number.")
     targets.add_argument("--costs", action="store_true", help="also every number of the latency cost model")
 
-    commands.add_parser("models", parents=[sub_common], help="the model zoo", description="The zoo models MODEL may "
-                        "name, with their input shapes.")
+    commands.add_parser("models", parents=[sub_common], help="the model zoo and the torchvision garden",
+                        description="The zoo models MODEL may name, then the torchvision classification models "
+                        "(torchvision:NAME, with the `models` extra installed), with their input shapes.")
 
     demo = commands.add_parser("demo", parents=[sub_common], help="compile, run and check a zoo model (make demo)",
                                description="Compile a zoo model, run it on this PC, check it against PyTorch and "

@@ -55,6 +55,7 @@ class _Context:
         self.formats = formats
         self.target = options.target
         self.options = delegation
+        self.flavor = options.neutron_converter_flavor
 
     def _source(self, node: Node) -> Node:
         """The node behind auxiliary data movement and a dequantize, e.g. a weight placeholder."""

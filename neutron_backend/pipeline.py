@@ -158,12 +158,14 @@ class _ExportedModule(torch.nn.Module):
         return self.program(*args)
 
 
-MODEL_FORMS = "a zoo model name (see `neutron compile --help`), a saved ExportedProgram FILE.pt2, or FILE.py:FUNCTION"
+MODEL_FORMS = ("a zoo model name or torchvision:NAME (see `neutron models`), a saved ExportedProgram FILE.pt2, or "
+               "FILE.py:FUNCTION")
 
 
 def load_model(spec: str) -> LoadedModel:
-    """The model named by `spec`: a zoo name, a `.pt2` file from `torch.export.save`, or `file.py:function` where
-    the function takes no arguments and returns `(model, example_inputs[, calibration_batches])`.
+    """The model named by `spec`: a zoo name, `torchvision:NAME` (neutron_backend.models.torchvision_garden), a
+    `.pt2` file from `torch.export.save`, or `file.py:function` where the function takes no arguments and returns
+    `(model, example_inputs[, calibration_batches])`.
 
     Raises InputError naming the problem and the accepted forms.
     """
@@ -172,7 +174,16 @@ def load_model(spec: str) -> LoadedModel:
         return _load_python(Path(path_text), function)
     if spec.endswith(".pt2"):
         return _load_exported(Path(spec))
-    from neutron_backend.models import zoo_entry
+    from neutron_backend.models import torchvision_garden, zoo_entry
+
+    if spec.startswith(torchvision_garden.PREFIX):
+        name = spec[len(torchvision_garden.PREFIX):]
+        try:
+            model, example_inputs = torchvision_garden.build(name)
+        except (ImportError, ValueError) as error:
+            raise InputError(str(error)) from error
+        return LoadedModel(name, model, example_inputs,
+                           description=f"torchvision.models.{name}(weights=None), seeded, batchnorm warmed up")
 
     try:
         entry = zoo_entry(spec)

@@ -372,7 +372,12 @@ def test_targets_and_costs_and_models(tmp_path):
         for assumption in assumptions(get_target(name)):
             assert str(assumption) in out
     out = neutron("models", cwd=tmp_path).stdout
-    assert [line.split()[0] for line in out.splitlines()] == list_models()
+    from neutron_backend.models.torchvision_garden import list_garden
+
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names == list_models() + [f"torchvision:{name}" for name in list_garden()]
+    assert "torchvision:mobilenet_v3_small" in names and "torchvision:inception_v3" in names
+    assert re.search(r"^torchvision:inception_v3 +\[1, 3, 299, 299\]", out, re.MULTILINE)
 
 
 def test_demo_explains_where_why_how_accurate_how_fast(tmp_path):

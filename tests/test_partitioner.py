@@ -357,9 +357,8 @@ def test_add_is_delegated():
 ADD_CASES = (
     Case("second-broadcast", lambda x: x + x[:, :, :1, :1], (1, 8, 4, 4), ADD),
     Case("first-broadcast", lambda x: x[:, :1, :, :1] + x, (1, 8, 4, 4), ADD),
-    Case("both-broadcast", lambda x: x[:, :, :1, :] + x[:, :1, :, :1], (1, 8, 4, 4), ADD,
-         "broadcasting both inputs [1, 8, 1, 4] and [1, 1, 4, 1] to [1, 8, 4, 4]; Neutron needs one input with "
-         "the output's element count"),
+    # The current converter broadcasts both inputs; older flavors: tests/test_versioned_limits.py.
+    Case("both-broadcast", lambda x: x[:, :, :1, :] + x[:, :1, :, :1], (1, 8, 4, 4), ADD),
     Case("alpha2", lambda x: torch.add(x, x, alpha=2), (1, 8, 4, 4), ADD, "alpha=2; only alpha = 1 is supported"),
 )
 
@@ -512,11 +511,10 @@ def test_cat_of_multiple_of_num_macs_channels_is_delegated():
     assert report.num_partitions == 1
 
 
-def test_cat_of_channels_not_multiple_of_num_macs_needs_force_delegate_cat():
+def test_cat_of_channels_not_multiple_of_num_macs_is_delegated_for_the_current_converter():
+    # Older flavors reject it unless force_delegate_cat: tests/test_versioned_limits.py.
     report = _run(_TwoConvCat(4), (1, 4, 4, 4))
-    _assert_rejected(report, CAT, "input 1 has 4 channels, not a multiple of num_macs=8; older Neutron converters "
-                                  "reject this (set CustomDelegationOptions(force_delegate_cat=True) if your "
-                                  "converter accepts it)")
+    _assert_delegated(report, CAT)
     forced = _run(_TwoConvCat(4), (1, 4, 4, 4),
                   delegation_options=CustomDelegationOptions(force_delegate_cat=True))
     _assert_delegated(forced, CAT)

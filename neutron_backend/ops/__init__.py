@@ -22,7 +22,7 @@ from neutron_backend.ops.base import (
 __all__ = ["SUPPORTED", "CheckContext", "NeutronOperator", "OpKind", "Verdict", "is_fusable", "lookup", "operators",
            "reject", "schema_key"]
 
-_NOT_OPERATOR_MODULES = {"base", "edge", "support_table"}
+_NOT_OPERATOR_MODULES = {"base", "edge", "limits", "support_table"}
 
 
 def schema_key(target: Any) -> tuple[str, str] | None:

@@ -8,6 +8,7 @@ from torch.fx import Node
 
 from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject
 from neutron_backend.ops.edge import edge
+from neutron_backend.ops.limits import VersionedLimit, applies
 
 # Clamp bounds Neutron runs as an activation, with the TFLite activation each maps to.
 RELU_FORMS: dict[tuple[float, float], str] = {
@@ -16,6 +17,10 @@ RELU_FORMS: dict[tuple[float, float], str] = {
     (-1.0, 1.0): "RELU_N1_TO_1",
     (0.0, 1.0): "RELU_0_TO_1",
 }
+
+
+RELU_BOUNDS_ONLY = VersionedLimit("clamp/hardtanh bounds are a ReLU form (other bounds are rejected even with equal "
+                                  "input and output qparams)")
 
 
 def bounds(node: Node) -> tuple[float, float]:
@@ -42,10 +47,14 @@ def _fusable(node: Node) -> bool:
 def _check(node: Node, ctx: CheckContext) -> Verdict:
     if relu_form(node) is not None:
         return SUPPORTED
+    low, high = bounds(node)
+    if applies(RELU_BOUNDS_ONLY, ctx.flavor):
+        return reject(f"clamp bounds ({low:g}, {high:g}) are not a ReLU form {sorted(RELU_FORMS)}; the converter of "
+                      f"flavor {ctx.flavor} runs no other bounds (converters from "
+                      f"{RELU_BOUNDS_ONLY.first_free_flavor} on do, with equal input and output qparams)")
     in_q, out_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
     if in_q is not None and out_q is not None and in_q == out_q:
         return SUPPORTED
-    low, high = bounds(node)
     return reject(f"clamp bounds ({low:g}, {high:g}) are not a ReLU form {sorted(RELU_FORMS)} and input/output "
                   "quantization differ; other bounds need equal input and output qparams")
 
@@ -83,7 +92,9 @@ OPERATORS = [
                     constraints="fused into a preceding convolution or linear layer when it follows one",
                     check=_check, fusable=_fusable, convert=_convert),
     NeutronOperator(name="aten.hardtanh.default", targets=(edge("aten.hardtanh.default"),),
-                    kind=OpKind.ACTIVATION, constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert),
+                    kind=OpKind.ACTIVATION, constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
+                    versioned_limits=(RELU_BOUNDS_ONLY,)),
     NeutronOperator(name="aten.clamp.default", targets=(edge("aten.clamp.default"),), kind=OpKind.ACTIVATION,
-                    constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert),
+                    constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
+                    versioned_limits=(RELU_BOUNDS_ONLY,)),
 ]

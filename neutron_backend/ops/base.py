@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from neutron_backend.clusters import QParams
     from neutron_backend.delegation_options import CustomDelegationOptions
+    from neutron_backend.ops.limits import VersionedLimit
     from neutron_backend.targets import NeutronTarget
 
 
@@ -48,6 +49,8 @@ class CheckContext(Protocol):
 
     target: NeutronTarget
     options: CustomDelegationOptions
+    # The compile spec's neutron_converter_flavor (None: the current converter); see neutron_backend.ops.limits.
+    flavor: str | None
 
     def input_qparams(self, node: Node, index: int) -> QParams | None: ...
 
@@ -86,6 +89,8 @@ class NeutronOperator:
     fusable: Callable[[Node], bool] | None = None  # ACTIVATION: may run fused into the conv/linear before it
     # The target's limits in numbers, for `neutron ops --target` (e.g. the largest Cin per kernel size).
     target_limits: Callable[[NeutronTarget], str] | None = None
+    # Limits only older converters impose, applied per the compile spec's flavor (neutron_backend.ops.limits).
+    versioned_limits: tuple[VersionedLimit, ...] = ()
 
     def is_no_op(self, node: Node) -> bool:
         """Whether the node moves data only (shape operators always; others when `no_op` says so)."""

@@ -15,6 +15,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.ops.limits import VersionedLimit, applies
+
+CHANNEL_MULTIPLE = VersionedLimit("along the channel axis every input's channel count is a multiple of num_macs "
+                                  "(CustomDelegationOptions(force_delegate_cat=True) overrides)")
 
 
 def cat_dim(node: Node) -> int:
@@ -38,15 +42,16 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
 def _check_target(node: Node, ctx: CheckContext) -> Verdict:
     rank = len(shape_of(node))
     channel_axis = 1 if rank >= 3 and ctx.is_channels_first(node) else rank - 1
-    if cat_dim(node) != channel_axis or ctx.options.force_delegate_cat:
+    if cat_dim(node) != channel_axis or ctx.options.force_delegate_cat or not applies(CHANNEL_MULTIPLE, ctx.flavor):
         return SUPPORTED
     num_macs = ctx.target.num_macs
     for index, item in enumerate(node.args[0]):
         channels = shape_of(item)[channel_axis]
         if channels % num_macs:
-            return reject(f"input {index} has {channels} channels, not a multiple of num_macs={num_macs}; older "
-                          "Neutron converters reject this (set CustomDelegationOptions(force_delegate_cat=True) "
-                          "if your converter accepts it)")
+            return reject(f"input {index} has {channels} channels, not a multiple of num_macs={num_macs}; the "
+                          f"converter of flavor {ctx.flavor} rejects this (converters from "
+                          f"{CHANNEL_MULTIPLE.first_free_flavor} on accept it; or set "
+                          "CustomDelegationOptions(force_delegate_cat=True) if yours does)")
     return SUPPORTED
 
 
@@ -63,8 +68,7 @@ def _convert(node: Node, ctx) -> None:
 
 OPERATORS = [
     NeutronOperator(name="aten.cat.default", targets=(edge("aten.cat.default"),), kind=OpKind.COMPUTE,
-                    constraints=("all inputs and the output share qparams; along channels each input's channels "
-                                 "are a multiple of num_macs unless force_delegate_cat"),
-                    check=_check, check_target=_check_target, convert=_convert,
+                    constraints="all inputs and the output share qparams",
+                    check=_check, check_target=_check_target, convert=_convert, versioned_limits=(CHANNEL_MULTIPLE,),
                     quantization="int8; all inputs and the output share one qparams"),
 ]

@@ -24,6 +24,9 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.ops.limits import VersionedLimit, applies
+
+ONE_FULL_OPERAND = VersionedLimit("one input has the output's element count (no broadcasting of both inputs)")
 
 
 def _check_operands(node: Node, ctx: CheckContext) -> Verdict:
@@ -31,9 +34,10 @@ def _check_operands(node: Node, ctx: CheckContext) -> Verdict:
     # scalars_to_constants rewrite has already made them quantized ones.
     a, b = node.args[0], node.args[1]
     out = numel(shape_of(node))
-    if numel(shape_of(a)) != out and numel(shape_of(b)) != out:
+    if numel(shape_of(a)) != out and numel(shape_of(b)) != out and applies(ONE_FULL_OPERAND, ctx.flavor):
         return reject(f"broadcasting both inputs {list(shape_of(a))} and {list(shape_of(b))} to "
-                      f"{list(shape_of(node))}; Neutron needs one input with the output's element count")
+                      f"{list(shape_of(node))}; the converter of flavor {ctx.flavor} needs one input with the "
+                      f"output's element count (converters from {ONE_FULL_OPERAND.first_free_flavor} on do not)")
     return SUPPORTED
 
 
@@ -119,20 +123,24 @@ def _converter(op: str, options_type: str | None):
     return convert
 
 
-_ARITHMETIC = "two tensors; alpha = 1; one input has the output's element count"
-_SELECTION = "two tensors; one input has the output's element count; both inputs and the output share qparams"
+_ARITHMETIC = "two tensors (scalars become constants first); alpha = 1"
+_SELECTION = "two tensors; both inputs and the output share qparams"
 OPERATORS = [
     NeutronOperator(name="aten.add.Tensor", targets=(edge("aten.add.Tensor"),), kind=OpKind.COMPUTE,
-                    constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("ADD", "AddOptionsT")),
+                    constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("ADD", "AddOptionsT"),
+                    versioned_limits=(ONE_FULL_OPERAND,)),
     NeutronOperator(name="aten.sub.Tensor", targets=(edge("aten.sub.Tensor"),), kind=OpKind.COMPUTE,
-                    constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("SUB", "SubOptionsT")),
+                    constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("SUB", "SubOptionsT"),
+                    versioned_limits=(ONE_FULL_OPERAND,)),
     NeutronOperator(name="aten.mul.Tensor", targets=(edge("aten.mul.Tensor"),), kind=OpKind.COMPUTE,
-                    constraints="two tensors; one input has the output's element count", check=_check_operands,
-                    convert=_converter("MUL", "MulOptionsT")),
+                    constraints="two tensors (scalars become constants first)", check=_check_operands,
+                    convert=_converter("MUL", "MulOptionsT"), versioned_limits=(ONE_FULL_OPERAND,)),
     NeutronOperator(name="aten.maximum.default", targets=(edge("aten.maximum.default"),), kind=OpKind.COMPUTE,
                     constraints=_SELECTION, check=_check_selection, convert=_converter("MAXIMUM", None),
+                    versioned_limits=(ONE_FULL_OPERAND,),
                     quantization="int8; both inputs and the output share one qparams"),
     NeutronOperator(name="aten.minimum.default", targets=(edge("aten.minimum.default"),), kind=OpKind.COMPUTE,
                     constraints=_SELECTION, check=_check_selection, convert=_converter("MINIMUM", None),
+                    versioned_limits=(ONE_FULL_OPERAND,),
                     quantization="int8; both inputs and the output share one qparams"),
 ]

@@ -26,13 +26,18 @@ def _evaluate(text: str, target: NeutronTarget) -> str:
     return _TARGET_NUMBERS.sub(lambda match: str(getattr(target, match.group(1))), text)
 
 
+def _constraints(operator: ops.NeutronOperator) -> str:
+    """The operator's constraints, then each limit that only older converters impose (neutron_backend.ops.limits)."""
+    return "; ".join([operator.constraints, *(limit.text() for limit in operator.versioned_limits)])
+
+
 def support_rows(target: str | NeutronTarget | None = None) -> list[tuple[str, ...]]:
     """One row per registered operator, sorted by name; with a target, constraints evaluated for it and a
     fifth column with its limits in numbers."""
     if target is None:
-        return [(op.name, "int8", op.quantization, op.constraints) for op in ops.operators()]
+        return [(op.name, "int8", op.quantization, _constraints(op)) for op in ops.operators()]
     chosen = target if isinstance(target, NeutronTarget) else get_target(target)
-    return [(op.name, "int8", op.quantization, _evaluate(op.constraints, chosen),
+    return [(op.name, "int8", op.quantization, _evaluate(_constraints(op), chosen),
              op.target_limits(chosen) if op.target_limits is not None else "") for op in ops.operators()]
 
 

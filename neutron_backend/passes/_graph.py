@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torch._guards import detect_fake_mode
 from torch.fx import GraphModule, Node
-from torch.utils._pytree import tree_map
+from torch.utils._pytree import tree_leaves, tree_map
 
 aten = torch.ops.aten
 
@@ -61,7 +61,8 @@ def set_value(node: Node) -> None:
     """(Re)computes `meta['val']` by running the node's op on its inputs' fake values."""
     args = tree_map(value, node.args)
     kwargs = tree_map(value, node.kwargs)
-    fake_mode = detect_fake_mode([a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)])
+    # Leaves, so a list operand (cat's tensors) finds the fake mode too.
+    fake_mode = detect_fake_mode([a for a in tree_leaves((args, kwargs)) if isinstance(a, torch.Tensor)])
     with fake_mode:
         node.meta["val"] = node.target(*args, **kwargs)
 

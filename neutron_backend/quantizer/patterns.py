@@ -347,6 +347,10 @@ PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
     aten.rsqrt_.default: _INDEPENDENT,
     aten.add.Tensor: _INDEPENDENT,
     aten.sub.Tensor: _INDEPENDENT,
+    # In-place residuals (`x += y`, torchvision's MobileNetV3/EfficientNet blocks) export as add_/sub_/mul_.
+    aten.add_.Tensor: _INDEPENDENT,
+    aten.sub_.Tensor: _INDEPENDENT,
+    aten.mul_.Tensor: _INDEPENDENT,
     # Inputs observed (each follows its producer, see settle_input_specs), not NXP's fixed (1/256, 0): measured
     # in bench/results/mul_qparams.md.
     aten.mul.Tensor: _INDEPENDENT,
@@ -381,8 +385,15 @@ PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
     aten.flatten.using_ints: _SHARED,
     aten.permute.default: _SHARED,
     aten.clone.default: _SHARED,
+    # Identities and aliases (channel shuffle's `.contiguous()`, `.detach()`, views of views): data movement
+    # whose output keeps the input's qparams, so no requantization splits the data movement around them.
+    aten.contiguous.default: _SHARED,
+    aten.alias.default: _SHARED,
+    aten.detach.default: _SHARED,
+    aten.detach_.default: _SHARED,
     # Eval-mode dropout (e.g. before a classifier) is exported as aten.dropout and becomes a clone in edge.
     aten.dropout.default: _SHARED,
+    aten.dropout_.default: _SHARED,
     aten.cat.default: SharedAll(),
     aten.softmax.int: FixedOutput(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, zero_point_0_scale=2 * SOFTMAX_SCALE),
 }
