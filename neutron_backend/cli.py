@@ -213,7 +213,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if not Path(args.pte).is_file():
         raise UsageError(f"no such .pte file: {args.pte}")
-    program = _FloatIO(load_pte(args.pte), args)
+    program = _FloatIO(load_pte(args.pte, kernels=args.kernels), args)
     shapes = [shape for shape, _ in program.input_specs]
     dtypes = [dtype if isinstance(dtype, torch.dtype) else torch.float32 for _, dtype in program.input_specs]
     if args.inputs:
@@ -299,7 +299,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
                    "compile give the same model)")
         quantized = quantize_model(loaded.model, example, target=args.target,
                                    calibration_batches=_calibration(args, loaded), progress=not args.quiet)
-    program = _FloatIO(load_pte(args.pte), args)
+    program = _FloatIO(load_pte(args.pte, kernels=args.kernels), args)
     outputs: list[tuple] = []
 
     def run(*inputs: torch.Tensor) -> tuple:
@@ -428,6 +428,13 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
                         help=f"Neutron target: {', '.join(list_targets())} (default imxrt700)")
 
 
+def _add_kernels(parser: argparse.ArgumentParser) -> None:
+    # The names of neutron_backend.runtime.KERNEL_CHOICES, spelled here so that --help does not import the runtime.
+    parser.add_argument("--kernels", choices=("exact", "reference"), default="exact",
+                        help="engine of the Neutron partitions: exact (our int8 kernels, bit-identical to LiteRT's "
+                        "reference kernels; default) or reference (LiteRT's reference kernels, the cross-check)")
+
+
 def _parser() -> argparse.ArgumentParser:
     sub_common = _common(argparse.SUPPRESS)
     parser = _Parser(prog="neutron", description=__doc__.splitlines()[0], epilog=_EPILOG,
@@ -465,8 +472,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", parents=[sub_common], help="run a .pte on this PC; print outputs and timing",
                               description="Run PTE through ExecuTorch's runtime on this PC, its Neutron partitions "
-                              "emulated with LiteRT's reference int8 kernels.")
+                              "emulated with our exact int8 kernels (--kernels reference: LiteRT's reference kernels).")
     run.add_argument("pte", metavar="PTE")
+    _add_kernels(run)
     run.add_argument("--inputs", metavar="FILE", help=f"inputs: {_DATA_HELP}. Default: one random N(0, 1) input")
     run.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     run.add_argument("--repeat", type=_positive_int, default=1, metavar="N", help="run every input N times for timing")
@@ -476,6 +484,7 @@ def _parser() -> argparse.ArgumentParser:
                                  description="Run PTE on this PC and compare it with the quantized PyTorch model (the "
                                  "reference: error in output quantization steps, top-1 agreement) and the float model.")
     verify.add_argument("pte", metavar="PTE")
+    _add_kernels(verify)
     verify.add_argument("--model", required=True, metavar="MODEL",
                         help=f"the model PTE was compiled from: {_MODEL_HELP}")
     verify.add_argument("--data", metavar="FILE", help=f"inputs (and labels for accuracy): {_DATA_HELP}. Default: "

@@ -67,19 +67,17 @@ class ReferenceEngine:
         self.output_details = self._interpreter.get_output_details()
 
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
-        """Runs the model on ``inputs``, looping over the model's batch when they hold more."""
-        batch = int(self.input_details[0]["shape"][0]) if self.input_details and len(
-            self.input_details[0]["shape"]) else 1
-        total = inputs[0].shape[0] if inputs and inputs[0].ndim else batch
+        """Runs the model on ``inputs``, one model batch per ``invoke`` when they hold several (the same number
+        of model batches in every input)."""
+        shapes = [tuple(int(d) for d in detail["shape"]) for detail in self.input_details]
+        factor = inputs[0].shape[0] // shapes[0][0] if inputs and inputs[0].ndim and shapes[0] and shapes[0][0] else 1
         steps = []
-        for start in range(0, max(total, 1), max(batch, 1)):
-            for detail, value in zip(self.input_details, inputs, strict=True):
-                part = value[start:start + batch] if total != batch else value
+        for k in range(max(factor, 1)):
+            for detail, shape, value in zip(self.input_details, shapes, inputs, strict=True):
+                part = value[k * shape[0]:(k + 1) * shape[0]] if factor > 1 else value
                 self._interpreter.set_tensor(detail["index"], np.ascontiguousarray(part))
             self._interpreter.invoke()
             steps.append([self._interpreter.get_tensor(d["index"]) for d in self.output_details])
-            if total == batch:
-                break
         return steps[0] if len(steps) == 1 else [np.concatenate(p, axis=0) for p in zip(*steps, strict=True)]
 
 
@@ -150,7 +148,7 @@ class PreparedPayload:
         Raises ValueError when an input is missing or its dtype or shape does not match the payload.
         """
         arrays = []
-        leading = set()
+        factors = set()
         for spec in self.payload.inputs:
             if not 0 <= spec.arg_index < len(inputs):
                 raise ValueError(
@@ -164,10 +162,10 @@ class PreparedPayload:
                     f"delegate input {spec.arg_index}: expected {spec.dtype}{list(spec.shape)}, "
                     f"got {array.dtype.name}{list(array.shape)}"
                 )
-            leading.add(array.shape[0] if array.ndim else None)
+            factors.add(array.shape[0] // spec.shape[0] if batched else 1)
             arrays.append(np.ascontiguousarray(to_tflite_layout(array, spec.channels_last)))
-        if len(leading) > 1:
-            raise ValueError(f"delegate inputs have different batch sizes {sorted(leading)}")
+        if len(factors) > 1:
+            raise ValueError(f"delegate inputs hold different multiples {sorted(factors)} of their exported batch")
         results = self.engine.run(arrays)
         outputs: list[np.ndarray] = [np.empty(0)] * self.num_outputs
         for spec, result in zip(self.payload.outputs, results, strict=True):

@@ -98,23 +98,26 @@ class ExactEngine:
     def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Returns the subgraph outputs for ``inputs`` (subgraph input order, TFLite layout, int8).
 
-        Raises ValueError when an input's dtype or trailing shape does not match the model, or its leading
-        dimensions differ or are not a multiple of the model's batch.
+        Each input's leading dimension is the model's times the same factor k (k delegate calls at once).
+        Raises ValueError when an input's dtype or trailing shape does not match the model, or the factors differ.
         """
         if len(inputs) != len(self.inputs):
             raise ValueError(f"the model has {len(self.inputs)} inputs, got {len(inputs)}")
         arrays = [np.ascontiguousarray(x) for x in inputs]
-        leading = {x.shape[0] if x.ndim else 1 for x in arrays}
+        factors = set()
         for position, (x, spec) in enumerate(zip(arrays, self.inputs, strict=True)):
-            if x.dtype != spec.dtype or x.shape[1:] != spec.shape[1:] or x.ndim != len(spec.shape):
-                trailing = ", ".join(map(str, spec.shape[1:]))
-                raise ValueError(f"input {position}: expected {spec.dtype.name}[N, {trailing}] (model batch "
-                                 f"{self.batch}), got {x.dtype.name}{list(x.shape)}")
-        if len(leading) > 1 or (leading and next(iter(leading)) % max(self.batch, 1)):
-            raise ValueError(f"inputs have leading dimensions {sorted(leading)}: they must be equal and a multiple "
-                             f"of the model's batch {self.batch}")
-        total = next(iter(leading)) if leading else self.batch
-        if total == self.batch or not self.batch_reason:
+            if (x.dtype != spec.dtype or x.ndim != len(spec.shape) or x.shape[1:] != spec.shape[1:]
+                    or (x.ndim and (not spec.shape[0] or x.shape[0] % spec.shape[0]))):
+                raise ValueError(f"input {position}: expected {spec.dtype.name}{list(spec.shape)} or a multiple of "
+                                 f"its leading dimension, got {x.dtype.name}{list(x.shape)}")
+            factors.add(x.shape[0] // spec.shape[0] if x.ndim else 1)
+        if len(factors) > 1:
+            raise ValueError(f"inputs hold different numbers of model batches {sorted(factors)}")
+        factor = factors.pop() if factors else 1
+        if factor == 1 or not self.batch_reason:
             return self._run_once(arrays)
-        steps = [self._run_once([x[i:i + self.batch] for x in arrays]) for i in range(0, total, self.batch)]
+        steps = []
+        for k in range(factor):
+            steps.append(self._run_once([x[k * spec.shape[0]:(k + 1) * spec.shape[0]]
+                                         for x, spec in zip(arrays, self.inputs, strict=True)]))
         return [np.concatenate(parts, axis=0) for parts in zip(*steps, strict=True)]

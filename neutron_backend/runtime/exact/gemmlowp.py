@@ -43,7 +43,7 @@ def _exp_on_interval_between_negative_one_quarter_and_0_excl(a: np.ndarray) -> n
     x4 = mul(x2, x2)
     x4_over_4 = rounding_divide_by_pot(x4, 2)
     poly = rounding_divide_by_pot(mul(x4_over_4 + x3, constant_1_over_3) + x2, 1)
-    return constant_term + mul(constant_term, poly)
+    return constant_term + mul(constant_term, x + poly)
 
 
 # exp(-2^k) in Q0.31 for k = -2 .. 4: the barrel shifter's multipliers.

@@ -145,6 +145,9 @@ def hard_swish(in_scale: float, in_zp: int, out_scale: float, out_zp: int) -> np
     """HARD_SWISH (``reference_ops::HardSwish``): int16 fixed point with a "relu-ish" multiplier in [0, 1]."""
     hires_input_scale = np.float32(1.0 / 128.0) * f32(in_scale)
     output_multiplier, output_exponent = quantize_multiplier(float(hires_input_scale / f32(out_scale)))
+    if output_exponent > 0:
+        raise ValueError(f"HARD_SWISH: input scale {in_scale} / 128 over output scale {out_scale} is above 1, which "
+                         "TFLite's int8 kernel refuses")
     output_multiplier16 = _downscale_to_int16(output_multiplier)
     reluish_scale = np.float32(3.0) / np.float32(32768.0)
     reluish_multiplier, reluish_exponent = quantize_multiplier(float(hires_input_scale / reluish_scale))
