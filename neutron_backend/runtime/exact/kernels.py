@@ -19,11 +19,10 @@ import torch.nn.functional as F  # noqa: N812
 
 from neutron_backend.runtime.exact import unary
 from neutron_backend.runtime.exact.fixed_point import (
+    Requantizer,
     activation_range,
     multiply_by_quantized_multiplier,
-    multiply_by_quantized_multiplier_single_rounding,
     quantize_multiplier,
-    requantize_fast,
     round_half_away_f32,
 )
 from neutron_backend.runtime.exact.model import Operator, Tensor
@@ -38,16 +37,6 @@ f32 = np.float32
 
 class UnsupportedOperator(NotImplementedError):
     """The exact engine has no kernel for an operator, or not for its types or options."""
-
-
-def _requantize(acc: np.ndarray, multipliers: np.ndarray, shifts: np.ndarray, zero_point: int, low: int,
-                high: int) -> np.ndarray:
-    """int64 accumulators -> clamped int8: ``MultiplyByQuantizedMultiplier`` per channel (last axis)."""
-    if np.all(shifts <= 0) and np.all(multipliers >= 0):
-        scaled = requantize_fast(acc, multipliers, shifts)
-    else:
-        scaled = multiply_by_quantized_multiplier(acc, multipliers, shifts)
-    return np.clip(scaled + zero_point, low, high).astype(np.int8)
 
 
 def _per_channel_multipliers(real: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -128,7 +117,9 @@ def conv_2d(op: Operator, depthwise: bool = False) -> Kernel:
     # (x - zp_in) * w over the taps inside the input.
     offset = bias - in_zp * weight.sum(axis=(1, 2, 3))
     multipliers, shifts = _conv_multipliers(x_t, w_t, out, channels)
-    low, high = _output_range(op)
+    # |sum(x * w)| <= 128 * sum(|w|) per output channel: the float32 requantization's error bound.
+    requantize = Requantizer(offset, multipliers, shifts, out.zero_point, *_output_range(op),
+                             max_abs_acc=128 * np.abs(weight).sum(axis=(1, 2, 3)))
     taps = weight.shape[1] * kh * kw
     chunk = max(1, _EXACT_FLOAT32_TERMS // (kh * kw)) if taps > _EXACT_FLOAT32_TERMS else weight.shape[1]
     weights = [torch.from_numpy(weight[:, c:c + chunk].astype(np.float32)) for c in range(0, weight.shape[1], chunk)]
@@ -137,11 +128,11 @@ def conv_2d(op: Operator, depthwise: bool = False) -> Kernel:
         x = torch.from_numpy(np.asarray(inputs[0])).to(torch.float32)
         x = _pad_nhwc(x, (*pads_h, *pads_w), float(in_zp))
         if len(weights) == 1:
-            acc = _torch_conv(x, weights[0], stride, dilation, groups).numpy().astype(np.int64)
+            acc = _torch_conv(x, weights[0], stride, dilation, groups).contiguous().numpy()
         else:
             acc = sum(_torch_conv(x[..., i * chunk:(i + 1) * chunk], part, stride, dilation, 1
                                   ).numpy().astype(np.int64) for i, part in enumerate(weights))
-        return _requantize(acc + offset, multipliers, shifts, out.zero_point, low, high)
+        return requantize(acc)
 
     return run
 
@@ -167,7 +158,7 @@ def transpose_conv(op: Operator) -> Kernel:
     pad_w = _same_or_valid_padding(options.padding, out_w, kw, stride[1], 1, x_t.shape[2])[0]
     bias = b_t.data.astype(np.int64) if b_t is not None and b_t.data is not None else np.zeros(channels, np.int64)
     multipliers, shifts = _conv_multipliers(x_t, w_t, out, channels)
-    low, high = _output_range(op)
+    requantize = Requantizer(bias, multipliers, shifts, out.zero_point, *_output_range(op))
     # Each output sums at most Cin * ceil(kh/sh) * ceil(kw/sw) products of magnitude < 2^15.
     per_channel_terms = math.ceil(kh / stride[0]) * math.ceil(kw / stride[1])
     chunk = max(1, (_EXACT_FLOAT32_TERMS // 2) // per_channel_terms)
@@ -187,7 +178,7 @@ def transpose_conv(op: Operator) -> Kernel:
                          channels), dtype=np.int64)
         full[:, :acc.shape[1], :acc.shape[2]] = acc
         cropped = full[:, pad_h:pad_h + out_h, pad_w:pad_w + out_w]
-        return _requantize(cropped + bias, multipliers, shifts, out.zero_point, low, high)
+        return requantize(np.ascontiguousarray(cropped))
 
     return run
 
@@ -209,18 +200,20 @@ def fully_connected(op: Operator) -> Kernel:
     multipliers, shifts = _conv_multipliers(x_t, w_t, out, channels)
     bias = b_t.data.astype(np.int64) if b_t is not None and b_t.data is not None else np.zeros(channels, np.int64)
     offset = bias - x_t.zero_point * w.sum(axis=1)
-    low, high = _output_range(op)
+    requantize = Requantizer(offset, multipliers, shifts, out.zero_point, *_output_range(op), single_rounding=True,
+                             max_abs_acc=128 * np.abs(w).sum(axis=1))
     chunks = [torch.from_numpy(np.ascontiguousarray(w[:, c:c + _EXACT_FLOAT32_TERMS].T.astype(np.float32)))
               for c in range(0, depth, _EXACT_FLOAT32_TERMS)]
     out_tail = out.shape[1:]
 
     def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
         x = torch.from_numpy(np.asarray(inputs[0]).reshape(-1, depth).astype(np.float32))
-        acc = sum(torch.matmul(x[:, i * _EXACT_FLOAT32_TERMS:(i + 1) * _EXACT_FLOAT32_TERMS], part
-                               ).numpy().astype(np.int64) for i, part in enumerate(chunks))
-        scaled = multiply_by_quantized_multiplier_single_rounding(acc + offset, multipliers, shifts)
-        result = np.clip(scaled + out.zero_point, low, high).astype(np.int8)
-        return result.reshape((-1, *out_tail))
+        if len(chunks) == 1:
+            acc = torch.matmul(x, chunks[0]).numpy()
+        else:
+            acc = sum(torch.matmul(x[:, i * _EXACT_FLOAT32_TERMS:(i + 1) * _EXACT_FLOAT32_TERMS], part
+                                   ).numpy().astype(np.int64) for i, part in enumerate(chunks))
+        return requantize(acc).reshape((-1, *out_tail))
 
     return run
 
