@@ -10,6 +10,7 @@ shim's default exact engine (or the other way round) to make them two independen
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,9 @@ from neutron_backend.payload import DeployablePayload, read_payload
 from neutron_backend.runtime.execute import DEFAULT_KERNELS, PreparedPayload
 
 BACKEND_ID = "NeutronBackend"
+
+# Prepared payloads per lowered module and engine, kept across emulate() calls (a dataset is many calls).
+_PREPARED: weakref.WeakKeyDictionary[Any, dict[str, PreparedPayload]] = weakref.WeakKeyDictionary()
 
 
 def _exported_program(program: Any) -> torch.export.ExportedProgram:
@@ -57,16 +61,16 @@ class _Emulator(torch.fx.Interpreter):
         from executorch.exir.delegate import executorch_call_delegate
 
         self._call_delegate = executorch_call_delegate
-        self._prepared: dict[int, PreparedPayload] = {}
 
     def call_function(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Returns the node's value: the emulated delegate outputs (a tuple) or the op's own result."""
         if target is not self._call_delegate:
             return super().call_function(target, args, kwargs)
         lowered, *operands = args
-        prepared = self._prepared.get(id(lowered))
+        engines = _PREPARED.setdefault(lowered, {})
+        prepared = engines.get(self._kernels)
         if prepared is None:
-            prepared = self._prepared[id(lowered)] = _prepare(lowered, self._kernels)
+            prepared = engines[self._kernels] = _prepare(lowered, self._kernels)
         arrays = [operand.detach().contiguous().numpy() for operand in operands]
         if self._on_delegate is not None:
             self._on_delegate([a.copy() for a in arrays])

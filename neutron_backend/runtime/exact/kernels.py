@@ -247,12 +247,14 @@ def _binary_table(op: Operator, element: Callable[[np.ndarray, np.ndarray], np.n
     """An int8 x int8 -> int8 operator as a 256 x 256 table, broadcasting its inputs like numpy."""
     a = np.arange(-128, 128, dtype=np.int64)[:, None]
     b = np.arange(-128, 128, dtype=np.int64)[None, :]
-    table = element(a, b).astype(np.int8).reshape(-1)
+    table = element(a, b).astype(np.int8)
+    # Indexed by the uint8 bits of both operands: (a_bits << 8) | b_bits.
+    by_bits = np.roll(np.roll(table, -128, axis=0), -128, axis=1).reshape(-1)
 
     def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
-        first = np.asarray(inputs[0]).astype(np.int32) + 128
-        second = np.asarray(inputs[1]).astype(np.int32) + 128
-        return table[first * 256 + second]
+        first = np.ascontiguousarray(inputs[0]).view(np.uint8).astype(np.uint16) << 8
+        second = np.ascontiguousarray(inputs[1]).view(np.uint8)
+        return np.take(by_bits, first | second)
 
     return run
 
@@ -332,8 +334,15 @@ def prelu(op: Operator) -> Kernel:
     return run
 
 
+def _by_uint8_bits(table: np.ndarray) -> np.ndarray:
+    """Reorders a table indexed by ``x + 128`` to be indexed by the bits of int8 x read as uint8 (no index
+    arithmetic at run time)."""
+    return np.roll(table, -128)
+
+
 def _table_kernel(table: np.ndarray) -> Kernel:
-    return lambda inputs: table[np.asarray(inputs[0]).astype(np.int32) + 128]
+    by_bits = _by_uint8_bits(table)
+    return lambda inputs: np.take(by_bits, np.ascontiguousarray(inputs[0]).view(np.uint8))
 
 
 def _qparams(op: Operator) -> tuple[float, int, float, int]:
