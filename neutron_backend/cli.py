@@ -239,7 +239,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     if not Path(args.pte).is_file():
         raise UsageError(f"no such .pte file: {args.pte}")
-    program = _FloatIO(load_pte(args.pte), args)
+    program = _FloatIO(load_pte(args.pte, kernels=args.kernels), args)
     shapes = [shape for shape, _ in program.input_specs]
     dtypes = [dtype if isinstance(dtype, torch.dtype) else torch.float32 for _, dtype in program.input_specs]
     if args.inputs:
@@ -364,7 +364,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         raise UsageError(f"no such .pte file: {args.pte}")
     loaded = _load_model(args.model) if args.model else None
     quantized = _verify_reference(args, loaded)
-    program = _FloatIO(load_pte(args.pte), args)
+    program = _FloatIO(load_pte(args.pte, kernels=args.kernels), args)
     batches, labels = _verify_data(args, program, loaded)
     outputs: list[tuple] = []
 
@@ -525,6 +525,13 @@ def _add_target(parser: argparse.ArgumentParser) -> None:
                         help=f"Neutron target: {', '.join(list_targets())} (default imxrt700)")
 
 
+def _add_kernels(parser: argparse.ArgumentParser) -> None:
+    # The names of neutron_backend.runtime.KERNEL_CHOICES, spelled here so that --help does not import the runtime.
+    parser.add_argument("--kernels", choices=("exact", "reference"), default="exact",
+                        help="engine of the Neutron partitions: exact (our int8 kernels, bit-identical to LiteRT's "
+                        "reference kernels; default) or reference (LiteRT's reference kernels, the cross-check)")
+
+
 def _parser() -> argparse.ArgumentParser:
     sub_common = _common(argparse.SUPPRESS)
     parser = _Parser(prog="neutron", description=__doc__.splitlines()[0], epilog=_EPILOG,
@@ -565,8 +572,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", parents=[sub_common], help="run a .pte on this PC; print outputs and timing",
                               description="Run PTE through ExecuTorch's runtime on this PC, its Neutron partitions "
-                              "emulated with LiteRT's reference int8 kernels.")
+                              "emulated with our exact int8 kernels (--kernels reference: LiteRT's reference kernels).")
     run.add_argument("pte", metavar="PTE")
+    _add_kernels(run)
     run.add_argument("--inputs", metavar="FILE", help=f"inputs: {_DATA_HELP}. Default: one random N(0, 1) input")
     run.add_argument("--seed", type=int, default=0, help="seed of the random input (default 0)")
     run.add_argument("--repeat", type=_positive_int, default=1, metavar="N", help="run every input N times for timing")
@@ -580,6 +588,7 @@ def _parser() -> argparse.ArgumentParser:
                                  "with labels, the accuracy of all three. A reference whose qparams differ from "
                                  "the .pte's is refused.")
     verify.add_argument("pte", metavar="PTE")
+    _add_kernels(verify)
     verify.add_argument("--model", metavar="MODEL", help=f"the float model PTE was compiled from, for float accuracy "
                         f"and agreement: {_MODEL_HELP}")
     verify.add_argument("--data", metavar="DATA", help="inputs (and labels for accuracy): a folder of images with one "

@@ -9,8 +9,9 @@ Randomness comes from a `Draw` (integers, choices, booleans): `HypothesisDraw` f
 shrink) and `SeededDraw` for bench/fuzz_soak.py (so a failing graph is reproduced from its seed).
 
 `check_graph` is the property: quantizing and lowering never raise, and the .pte run on the host reproduces the
-quantized model within one output quantization step per requantizing operator (DESIGN.md §7), the host shim
-matching the pure-Python emulator bit for bit.
+quantized model within one output quantization step per requantizing operator (DESIGN.md §7), the host shim (our
+exact engine) matching the pure-Python emulator run with LiteRT's reference kernels bit for bit, also on random int8
+delegate inputs.
 
 Every registered operator needs a builder here or a reason in `NOT_FUZZED`; tests/test_fuzz.py checks that, so a
 newly registered operator is fuzzed as soon as it is given a builder.
@@ -445,7 +446,7 @@ def check_graph(case: FuzzCase, directory: Path) -> Outcome:
     from neutron_backend.compile_spec import generate_neutron_compile_spec
     from neutron_backend.partitioner import NeutronPartitioner
     from neutron_backend.quantizer.calibration import quantize_model, random_batches
-    from neutron_backend.runtime import emulate, load_pte
+    from neutron_backend.runtime import cross_check, emulate, load_pte
     from neutron_backend.verify import verify
 
     model = FuzzModel(case.steps).eval()
@@ -474,8 +475,11 @@ def check_graph(case: FuzzCase, directory: Path) -> Outcome:
     assert result.max_error_steps <= tolerance, f"{case}: {result} (tolerance {tolerance:.3f} steps)"
     if report.num_partitions:
         for sample in samples:
-            for got, want in zip(program(*sample), emulate(kept, *sample), strict=True):
+            # The shim runs our exact engine, the emulator LiteRT's reference kernels: two independent oracles.
+            for got, want in zip(program(*sample), emulate(kept, *sample, kernels="reference"), strict=True):
                 assert torch.equal(got, want), f"{case}: shim and emulator differ by {(got - want).abs().max()}"
+        engines = cross_check(kept)
+        assert engines.identical, f"{case}: exact engine vs LiteRT reference kernels on random int8: {engines}"
     return outcome
 
 

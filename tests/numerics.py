@@ -7,7 +7,8 @@ partition, written to a .pte and run with ``load_pte`` on seeded random inputs. 
     that would be a lone no-op partition are paired with a compute op),
 (b) the .pte is within `max_error_steps` output quantization steps of the quantized torch model (DESIGN.md §7:
     1 step per requantizing operator),
-(c) the shim's output equals the pure-Python emulator's bit for bit.
+(c) the shim's output (our exact engine) equals the pure-Python emulator's run with LiteRT's reference kernels bit
+    for bit, and the two engines agree on random int8 inputs to the delegate too.
 
 Every test module named `test_ops_*.py` (and `test_lowering_numerics.py`) declares `COVERED`, the registry names
 its cases exercise, and optionally `NOT_REACHABLE` (name -> reason); `test_lowering_numerics.py` checks that
@@ -30,7 +31,7 @@ from neutron_backend.compile_spec import generate_neutron_compile_spec
 from neutron_backend.partitioner import NeutronPartitioner
 from neutron_backend.quantizer.calibration import quantize_model, random_batches
 from neutron_backend.report import DelegationReport
-from neutron_backend.runtime import emulate, load_pte
+from neutron_backend.runtime import cross_check, emulate, load_pte
 from neutron_backend.verify import verify
 
 CALIBRATION_BATCHES = 4
@@ -158,8 +159,10 @@ def check_case(name: str, model: nn.Module, shapes: tuple[tuple[int, ...], ...],
 
     for sample in samples:
         shim = program(*sample)
-        oracle = emulate(lowered.edge, *sample)
+        oracle = emulate(lowered.edge, *sample, kernels="reference")
         assert len(shim) == len(oracle)
         for got, want in zip(shim, oracle, strict=True):
             assert torch.equal(got, want), f"{name}: shim and emulator differ by {(got - want).abs().max()}"
+    engines = cross_check(lowered.edge)
+    assert engines.identical, f"{name}: exact engine vs LiteRT reference kernels on random int8: {engines}"
     return lowered

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import itertools
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import numpy as np
 
 from neutron_backend.payload import DeployablePayload, PayloadError, read_payload
-from neutron_backend.runtime.execute import PreparedPayload
+from neutron_backend.runtime.execute import DEFAULT_KERNELS, KERNEL_CHOICES, PreparedPayload
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,22 @@ _DestroyFn = ctypes.CFUNCTYPE(None, ctypes.c_int64)
 _handles: dict[int, PreparedPayload] = {}
 _handle_ids = itertools.count(1)
 _errors = threading.local()
+# The engine a delegate prepared in this thread gets: set around a method load by `loading_with`, else the default.
+_loading = threading.local()
+
+
+@contextlib.contextmanager
+def loading_with(kernels: str) -> Iterator[None]:
+    """Within the block, delegates initialized in this thread (ExecuTorch calls init while loading a method) run
+    with the ``kernels`` engine. Raises ValueError for an unknown engine name."""
+    if kernels not in KERNEL_CHOICES:
+        raise ValueError(f"kernels={kernels!r} is not an engine; valid: {', '.join(KERNEL_CHOICES)}")
+    previous = getattr(_loading, "kernels", None)
+    _loading.kernels = kernels
+    try:
+        yield
+    finally:
+        _loading.kernels = previous
 _register_lock = threading.Lock()
 _library: ctypes.CDLL | None = None
 
@@ -87,7 +105,10 @@ def prepare_handle(data: bytes) -> int:
         if isinstance(payload, DeployablePayload):
             _fail(DEPLOYABLE_EXPLANATION)
             return INIT_DEPLOYABLE
-        prepared = PreparedPayload(payload)
+        prepared = PreparedPayload(payload, getattr(_loading, "kernels", None) or DEFAULT_KERNELS)
+    except NotImplementedError as exc:
+        _fail(f"the exact engine cannot run this delegate: {exc}")
+        return INIT_BAD_PAYLOAD
     except PayloadError as exc:
         _fail(f"invalid delegate payload ({len(data)} bytes): {exc}")
         return INIT_BAD_PAYLOAD

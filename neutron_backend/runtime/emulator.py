@@ -2,22 +2,28 @@
 ExecuTorch's C++ runtime.
 
 Ordinary nodes run with their own (edge or ATen) op implementations; each ``executorch_call_delegate`` node
-whose backend is ``NeutronBackend`` runs its payload through the code the shim's callback uses
-(:class:`~neutron_backend.runtime.execute.PreparedPayload`), so the two paths agree bit for bit on every
-delegate.
+whose backend is ``NeutronBackend`` runs its payload through
+:class:`~neutron_backend.runtime.execute.PreparedPayload` with the engine ``kernels`` names. The shim and this
+emulator share the layout code but not necessarily the engine: pick ``kernels="reference"`` here against the
+shim's default exact engine (or the other way round) to make them two independent oracles.
 """
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
 from neutron_backend.payload import DeployablePayload, read_payload
-from neutron_backend.runtime.execute import PreparedPayload
+from neutron_backend.runtime.execute import DEFAULT_KERNELS, PreparedPayload
 
 BACKEND_ID = "NeutronBackend"
+
+# Prepared payloads per lowered module and engine, kept across emulate() calls (a dataset is many calls).
+_PREPARED: weakref.WeakKeyDictionary[Any, dict[str, PreparedPayload]] = weakref.WeakKeyDictionary()
 
 
 def _exported_program(program: Any) -> torch.export.ExportedProgram:
@@ -31,7 +37,7 @@ def _exported_program(program: Any) -> torch.export.ExportedProgram:
     )
 
 
-def _prepare(lowered: Any) -> PreparedPayload:
+def _prepare(lowered: Any, kernels: str) -> PreparedPayload:
     """Returns the prepared emulation payload of a lowered Neutron module; ValueError if it cannot run."""
     if lowered.backend_id != BACKEND_ID:
         raise NotImplementedError(f"emulate() runs {BACKEND_ID} delegates only, found a {lowered.backend_id} one")
@@ -41,34 +47,42 @@ def _prepare(lowered: Any) -> PreparedPayload:
             "this delegate holds a deployable Neutron payload (NXP microcode) that only runs on "
             "Neutron hardware; recompile without a neutron_converter_flavor to emulate it"
         )
-    return PreparedPayload(payload)
+    return PreparedPayload(payload, kernels)
 
 
 class _Emulator(torch.fx.Interpreter):
     """Runs a lowered graph module, emulating Neutron delegate calls."""
 
-    def __init__(self, graph_module: torch.fx.GraphModule) -> None:
+    def __init__(self, graph_module: torch.fx.GraphModule, kernels: str,
+                 on_delegate: Callable[[list[np.ndarray]], None] | None) -> None:
         super().__init__(graph_module)
+        self._kernels = kernels
+        self._on_delegate = on_delegate
         from executorch.exir.delegate import executorch_call_delegate
 
         self._call_delegate = executorch_call_delegate
-        self._prepared: dict[int, PreparedPayload] = {}
 
     def call_function(self, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         """Returns the node's value: the emulated delegate outputs (a tuple) or the op's own result."""
         if target is not self._call_delegate:
             return super().call_function(target, args, kwargs)
         lowered, *operands = args
-        prepared = self._prepared.get(id(lowered))
+        engines = _PREPARED.setdefault(lowered, {})
+        prepared = engines.get(self._kernels)
         if prepared is None:
-            prepared = self._prepared[id(lowered)] = _prepare(lowered)
+            prepared = engines[self._kernels] = _prepare(lowered, self._kernels)
         arrays = [operand.detach().contiguous().numpy() for operand in operands]
+        if self._on_delegate is not None:
+            self._on_delegate([a.copy() for a in arrays])
         return tuple(torch.from_numpy(np.ascontiguousarray(out)) for out in prepared.run(arrays))
 
 
-def emulate(program: Any, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def emulate(program: Any, *inputs: torch.Tensor, kernels: str = DEFAULT_KERNELS,
+            on_delegate: Callable[[list[np.ndarray]], None] | None = None) -> tuple[torch.Tensor, ...]:
     """Runs a lowered program (an EdgeProgramManager after ``to_edge_transform_and_lower``, the
-    ExecutorchProgramManager from ``to_executorch()``, or their ExportedProgram) on ``inputs``.
+    ExecutorchProgramManager from ``to_executorch()``, or their ExportedProgram) on ``inputs``, the Neutron
+    delegates with the ``kernels`` engine (``"exact"``: ours, ``"reference"``: LiteRT's reference kernels).
+    ``on_delegate``, when given, receives each delegate call's input arrays before it runs.
 
     Returns the user outputs. Raises ValueError when the inputs do not match the program or a delegate holds a
     deployable payload, NotImplementedError for another backend's delegate.
@@ -90,7 +104,7 @@ def emulate(program: Any, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         else:
             arguments.append(ep.constants[spec.target])
     with torch.no_grad():
-        outputs = _Emulator(ep.graph_module).run(*arguments, enable_io_processing=False)
+        outputs = _Emulator(ep.graph_module, kernels, on_delegate).run(*arguments, enable_io_processing=False)
     return tuple(
         value
         for value, spec in zip(outputs, signature.output_specs, strict=True)

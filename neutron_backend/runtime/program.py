@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from neutron_backend.runtime import _host
+from neutron_backend.runtime.execute import DEFAULT_KERNELS
 
 # ExecuTorch ScalarType codes (as MethodMeta reports them) -> torch dtypes.
 _TORCH_DTYPES: dict[int, torch.dtype] = {
@@ -39,14 +40,17 @@ def _with_reason(action: str, exc: Exception) -> NeutronRuntimeError:
 
 
 class Program:
-    """One method of a loaded ``.pte``, callable as ``program(*inputs) -> tuple[torch.Tensor, ...]``."""
+    """One method of a loaded ``.pte``, callable as ``program(*inputs) -> tuple[torch.Tensor, ...]``; its Neutron
+    delegates run with the ``kernels`` engine (``"exact"``, ours, the default; ``"reference"``, LiteRT's)."""
 
-    def __init__(self, path: str | os.PathLike[str], method_name: str = "forward") -> None:
+    def __init__(self, path: str | os.PathLike[str], method_name: str = "forward",
+                 kernels: str = DEFAULT_KERNELS) -> None:
         _host.register()
         from executorch.runtime import Runtime
 
         self.path = os.fspath(path)
         self.method_name = method_name
+        self.kernels = kernels
         if not os.path.isfile(self.path):
             raise FileNotFoundError(errno.ENOENT, "no such .pte file", self.path)
         try:
@@ -59,7 +63,8 @@ class Program:
             raise ValueError(f"{self.path} has no method {method_name!r}; it has {sorted(self._program.method_names)}")
         _host.clear_last_error()
         try:
-            self._method = self._program.load_method(method_name)
+            with _host.loading_with(kernels):
+                self._method = self._program.load_method(method_name)
         except RuntimeError as exc:
             raise _with_reason(f"loading method {method_name!r} of {self.path}", exc) from exc
         meta = self._method.metadata
@@ -124,10 +129,13 @@ class Program:
         return tuple(outputs)
 
 
-def load_pte(path: str | os.PathLike[str], method_name: str = "forward") -> Program:
+def load_pte(path: str | os.PathLike[str], method_name: str = "forward", kernels: str = DEFAULT_KERNELS
+             ) -> Program:
     """Loads ``path`` with ExecuTorch's runtime after registering the host NeutronBackend.
 
-    Returns a :class:`Program` running ``method_name``. Raises NeutronRuntimeError when the method cannot be
-    loaded, e.g. because a delegate holds a deployable (hardware-only) or corrupted payload.
+    Returns a :class:`Program` running ``method_name``, its Neutron delegates on the ``kernels`` engine:
+    ``"exact"`` (our int8 kernels, the default) or ``"reference"`` (LiteRT's reference kernels, the cross-check).
+    Raises NeutronRuntimeError when the method cannot be loaded, e.g. because a delegate holds a deployable
+    (hardware-only) or corrupted payload, ValueError for an unknown ``kernels``.
     """
-    return Program(path, method_name)
+    return Program(path, method_name, kernels)
