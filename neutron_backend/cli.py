@@ -421,8 +421,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     output = Path(args.output or f"{loaded.name}.pte")
     print(f"Neutron backend demo: {loaded.name} on {target.name} ({target.npu}, {target.macs_per_cycle} MACs/cycle)")
     if trained:
-        print(f"Model: {loaded.description}; weights trained on scikit-learn's digits "
-              f"(neutron_backend/models/weights), calibrated on {len(loaded.calibration_batches)} training images.")
+        print(f"Model: {loaded.description}; weights in neutron_backend/models/weights, calibrated on "
+              f"{len(loaded.calibration_batches)} training images, checked on the held-out test images.")
         calibration = loaded.calibration_batches
     else:
         print(f"Model: {loaded.description}. Its weights are seeded random, so no accuracy is claimed; it is "
