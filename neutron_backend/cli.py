@@ -320,7 +320,7 @@ def _verify_reference(args: argparse.Namespace, loaded):
     return quantized
 
 
-def _verify_data(args: argparse.Namespace, program, loaded) -> tuple[list, list | None]:
+def _verify_data(args: argparse.Namespace, program) -> tuple[list, list | None]:
     """The samples and labels to verify on: --data, else a trained zoo model's test split, else random inputs."""
     import torch
 
@@ -333,7 +333,7 @@ def _verify_data(args: argparse.Namespace, program, loaded) -> tuple[list, list 
         _say(args, f"data: {len(samples.batches)} sample(s) from {args.data}"
                    f"{' with labels' if samples.labels is not None else ' (no labels: no accuracy)'}")
         return samples.batches, samples.labels
-    entry = _zoo_entry(loaded)
+    entry = _zoo_entry(args.model)
     if entry is not None and entry.trained:
         split = entry.test_split()
         _say(args, f"data: the {len(split.labels)} held-out {entry.dataset} test images of {entry.name}")
@@ -346,12 +346,13 @@ def _verify_data(args: argparse.Namespace, program, loaded) -> tuple[list, list 
     return random_batches(examples, RANDOM_VERIFY_SAMPLES, seed=1), None
 
 
-def _zoo_entry(loaded):
-    if loaded is None:
-        return None
+def _zoo_entry(spec: str | None):
+    """The zoo entry a MODEL argument names, or None when it names a file (even one called like a zoo model)."""
     from neutron_backend.models import list_models, zoo_entry
 
-    return zoo_entry(loaded.name) if loaded.name in list_models() else None
+    if spec is None or spec.strip().lower() not in list_models():
+        return None
+    return zoo_entry(spec)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -365,7 +366,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     loaded = _load_model(args.model) if args.model else None
     quantized = _verify_reference(args, loaded)
     program = _FloatIO(load_pte(args.pte, kernels=args.kernels), args)
-    batches, labels = _verify_data(args, program, loaded)
+    batches, labels = _verify_data(args, program)
     outputs: list[tuple] = []
 
     def run(*inputs: torch.Tensor) -> tuple:
@@ -437,13 +438,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     target = get_target(args.target)
     loaded = _load_model(args.model)
-    entry = _zoo_entry(loaded)
+    entry = _zoo_entry(args.model)
     trained = entry is not None and entry.trained
     output = Path(args.output or f"{loaded.name}.pte")
     print(f"Neutron backend demo: {loaded.name} on {target.name} ({target.npu}, {target.macs_per_cycle} MACs/cycle)")
     if trained:
-        print(f"Model: {loaded.description}; weights trained on scikit-learn's digits "
-              f"(neutron_backend/models/weights), calibrated on {len(loaded.calibration_batches)} training images.")
+        print(f"Model: {loaded.description}; weights in neutron_backend/models/weights, calibrated on "
+              f"{len(loaded.calibration_batches)} training images, checked on the held-out test images.")
         calibration = loaded.calibration_batches
     else:
         print(f"Model: {loaded.description}. Its weights are seeded random, so no accuracy is claimed; it is "

@@ -400,6 +400,12 @@ def test_demo_explains_where_why_how_accurate_how_fast(tmp_path):
                     short[4])
     assert (tmp_path / "demo.pte").stat().st_size > 0
     assert (tmp_path / "demo.quantized.pt2").is_file()
+    # verify finds the reference the demo saved and, for a trained zoo model, defaults to its held-out test split.
+    verified = json.loads(neutron("verify", "demo.pte", "--model", "cifarnet_digits", "--json", "-q",
+                                  cwd=tmp_path).stdout)
+    assert verified["num_samples"] == 360 and verified["distinct_reference_classes"] == 10
+    assert abs(verified["pte_accuracy"] - verified["float_accuracy"]) <= 0.01
+    assert verified["top1_agreement"] >= 0.99 and verified["agreement_is_meaningful"]
 
 
 # -- data files --------------------------------------------------------------------------------------------------
