@@ -45,15 +45,39 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ai_edge_litert import schema_py_generated as schema
 
 from neutron_backend.payload import DeployablePayload, PayloadError, TensorSpec
 
-if TYPE_CHECKING:
-    from neutron_backend.compile_spec import NeutronCompileOptions
-    from neutron_backend.lowering import LoweredPartition
+
+# The converter sits below the compile spec and the lowering (targets.py uses its isolated SDK lookup), so it names
+# only what it reads of them instead of importing them.
+class _Named(Protocol):
+    name: str
+
+
+class NeutronCompileOptions(Protocol):
+    """What a conversion reads of neutron_backend.compile_spec.NeutronCompileOptions."""
+
+    target: _Named  # a neutron_backend.targets.NeutronTarget
+    neutron_converter_flavor: str | None
+    converter_module: str | None
+    extra_flags: tuple[str, ...]
+    intermediates_dir: Path | None
+    fetch_constants_to_sram: bool
+    dump_kernel_selection_code: bool
+
+
+class LoweredPartition(Protocol):
+    """What a conversion reads of neutron_backend.lowering.LoweredPartition."""
+
+    tflite: bytes
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    num_operators: int
+    file_stem: str
 
 logger = logging.getLogger(__name__)
 
