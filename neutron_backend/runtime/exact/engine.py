@@ -23,7 +23,7 @@ def _batch_safe(op: Operator, batch: int, constant: set[int]) -> str | None:
             return "it concatenates along the batch axis"
         if any(t is not None and t.index in constant for t in op.inputs):
             return "it concatenates a constant, which does not broadcast over a batch"
-    if op.name in ("MEAN", "REDUCE_MAX", "REDUCE_MIN", "SUM"):
+    if op.name in ("MEAN", "REDUCE_MAX", "REDUCE_MIN"):
         rank = len(op.inputs[0].shape)
         if any(int(a) % rank == 0 for a in op.inputs[1].data.reshape(-1)):
             return "it reduces the batch axis"
