@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -160,7 +161,7 @@ def _markdown(result: dict, batch: int) -> str:
         f"{result['threads']}. Medians of {result['repeats']} interleaved repetitions "
         "(LiteRT reference at batch 32: every third repetition).",
         "",
-        "Command: `nice -n 10 python bench/emulation.py`",
+        f"Command: `{result['command']}`",
         "",
         f"| model | engine | ms / image, batch 1 | images / s, batch {batch} |",
         "|---|---|---:|---:|",
@@ -198,7 +199,9 @@ def main() -> None:
     _unsafe_reset_threadpool(1)
     threads = (f"torch threads {torch.get_num_threads()}, ExecuTorch threadpool {_threadpool_get_thread_count()} "
                "thread(s), LiteRT interpreter 1 thread")
-    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.processor() or
+    command = "nice -n 10 python bench/emulation.py " + " ".join(sys.argv[1:])
+    result = {"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "machine": platform.processor() or
               platform.machine(), "cpus": os.cpu_count(), "threads": threads, "repeats": args.repeats,
               "load_before": os.getloadavg(), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:

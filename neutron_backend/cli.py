@@ -271,7 +271,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"(outputs of {len(outputs) - len(shown)} more sample(s) not shown; --save FILE keeps them all)")
     mean = sum(times) / len(times)
     print(f"host run time: {mean * 1e3:.2f} ms per run (mean of {len(times)}, min {min(times) * 1e3:.2f} ms) - "
-          "this PC emulating the NPU with reference kernels, not a device time (the compile report has an estimate)")
+          f"this PC emulating the NPU with the {args.kernels} kernels, not a device time (the compile report has an "
+          "estimate)")
     if args.save:
         _write_outputs(Path(args.save), outputs)
         _say(args, f"wrote {len(outputs)} sample(s) of outputs to {args.save}")

@@ -12,6 +12,7 @@ Where each family of cases is checked:
 from __future__ import annotations
 
 import copy
+import functools
 
 import executorch.kernels.quantized  # noqa: F401  (out-variants of quantize/dequantize for to_executorch)
 import numpy as np
@@ -44,14 +45,20 @@ def _lower(model: torch.nn.Module, example: tuple[torch.Tensor, ...]):
     return edge, partitioner.report
 
 
+@functools.cache
+def _lowered_zoo(name: str):
+    """The zoo model lowered once per test session (the tests below only read it)."""
+    model, example = get_model(name)
+    return (*_lower(model, example), example)
+
+
 ZOO = ["cifarnet", "resnet8", "ds_cnn", "mobilenet_v1_vww", "autoencoder",
        pytest.param("mobilenet_v2", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_model_is_bit_identical(name: str) -> None:
-    model, example = get_model(name)
-    edge, report = _lower(model, example)
+    edge, report, example = _lowered_zoo(name)
     assert report.num_partitions >= 1
     result = cross_check(edge, [example[0]] if len(example) == 1 else list(example), random_samples=4)
     assert result.identical, f"{name}: {result}"
@@ -59,8 +66,7 @@ def test_zoo_model_is_bit_identical(name: str) -> None:
 
 
 def test_batched_run_equals_one_sample_at_a_time() -> None:
-    model, example = get_model("resnet8")
-    edge, _ = _lower(model, example)
+    edge, _, _ = _lowered_zoo("resnet8")
     (payload,) = delegate_payloads(edge)
     exact, reference = PreparedPayload(payload, "exact"), PreparedPayload(payload, "reference")
     assert exact.engine.batch_reason is None  # the whole batch goes through each operator at once
@@ -74,11 +80,9 @@ def test_batched_run_equals_one_sample_at_a_time() -> None:
 
 
 def test_the_shim_and_emulate_run_the_engine_they_are_given(tmp_path) -> None:
-    model, example = get_model("cifarnet")
-    edge, _ = _lower(model, example)
-    kept = copy.deepcopy(edge)
+    kept, _, example = _lowered_zoo("cifarnet")
     pte = tmp_path / "model.pte"
-    pte.write_bytes(edge.to_executorch().buffer)
+    pte.write_bytes(copy.deepcopy(kept).to_executorch().buffer)  # to_executorch() mutates the edge program
     exact, reference = load_pte(pte), load_pte(pte, kernels="reference")
     assert (exact.kernels, reference.kernels) == ("exact", "reference")
     x = example[0]

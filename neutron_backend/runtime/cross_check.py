@@ -35,11 +35,11 @@ class OutputMismatch:
 
 @dataclass
 class CrossCheckReport:
-    """The outcome: delegates checked, samples per delegate, mismatches and errors (an engine failing where
-    the other ran)."""
+    """The outcome: delegates checked, input sets per delegate (the program's inputs, random int8), mismatches and
+    errors (an engine failing to prepare or run a delegate)."""
 
     delegates: int = 0
-    samples: int = 0
+    input_sets: int = 0
     mismatches: list[OutputMismatch] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
@@ -49,7 +49,7 @@ class CrossCheckReport:
         return self.delegates > 0 and not self.mismatches and not self.errors
 
     def __str__(self) -> str:
-        head = (f"{self.delegates} delegate(s), {self.samples} input sample(s) each: "
+        head = (f"{self.delegates} delegate(s), {self.input_sets} input set(s) each: "
                 f"{'bit-identical' if self.identical else 'MISMATCH'}")
         return "\n".join([head, *(f"  {m}" for m in self.mismatches), *(f"  error: {e}" for e in self.errors)])
 
@@ -119,7 +119,7 @@ def cross_check(program: Any, inputs: Sequence[torch.Tensor] | None = None, *, r
             except Exception as exc:  # see above
                 report.errors.append(f"delegate {index}: running failed: {exc}")
                 continue
-            report.samples = max(report.samples, len(batches))
+            report.input_sets = max(report.input_sets, len(batches))
             for output, (a, b) in enumerate(zip(got, expected, strict=True)):
                 if a.shape != b.shape or not np.array_equal(a, b):
                     diff = (np.abs(a.astype(np.int64) - b.astype(np.int64)) if a.shape == b.shape

@@ -14,13 +14,16 @@ from neutron_backend.runtime.exact.model import Graph, Operator, Tensor, read_gr
 logger = logging.getLogger(__name__)
 
 
-def _batch_safe(op: Operator, batch: int) -> str | None:
-    """Returns why ``op`` cannot take a larger leading (batch) dimension than the model's, or None."""
+def _batch_safe(op: Operator, batch: int, constant: set[int]) -> str | None:
+    """Returns why ``op`` cannot take a larger leading (batch) dimension than the model's, or None.
+    ``constant`` holds the tensors computed from constants only (they keep the model's batch)."""
     if op.name == "CONCATENATION":
         axis = int(op.options.axis)
         if axis in (0, -len(op.outputs[0].shape)):
             return "it concatenates along the batch axis"
-    if op.name in ("MEAN", "REDUCE_MAX", "REDUCE_MIN", "SUM"):
+        if any(t is not None and t.index in constant for t in op.inputs):
+            return "it concatenates a constant, which does not broadcast over a batch"
+    if op.name in ("MEAN", "REDUCE_MAX", "REDUCE_MIN"):
         rank = len(op.inputs[0].shape)
         if any(int(a) % rank == 0 for a in op.inputs[1].data.reshape(-1)):
             return "it reduces the batch axis"
@@ -35,7 +38,7 @@ def _batch_safe(op: Operator, batch: int) -> str | None:
     if op.name == "SOFTMAX" and len(op.inputs[0].shape) < 2:
         return "its only axis is the batch axis"
     for tensor in op.inputs:
-        if tensor is not None and tensor.data is not None and op.name not in ("RESHAPE", "TRANSPOSE", "SLICE"):
+        if tensor is not None and tensor.index in constant and op.name not in ("RESHAPE", "TRANSPOSE", "SLICE"):
             # A constant operand broadcasts over a larger batch only if its leading dimension is 1 or absent.
             if len(tensor.shape) >= len(op.outputs[0].shape) and tensor.shape and tensor.shape[0] != 1 and (
                     op.name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "TRANSPOSE_CONV", "FULLY_CONNECTED")):
@@ -81,8 +84,12 @@ class ExactEngine:
         for tensor in self.graph.tensors:
             if tensor.data is None and (not tensor.shape or tensor.shape[0] != self.batch):
                 return f"tensor {tensor.name!r} of shape {list(tensor.shape)} has no leading batch dimension"
+        constant = {t.index for t in self.graph.tensors if t.data is not None}
+        for op in self.graph.operators:
+            if all(t is None or t.index in constant for t in op.inputs):
+                constant.update(t.index for t in op.outputs)
         for position, op in enumerate(self.graph.operators):
-            reason = _batch_safe(op, self.batch)
+            reason = _batch_safe(op, self.batch, constant)
             if reason:
                 return f"operator {position} ({op.name}): {reason}"
         return None

@@ -28,15 +28,6 @@ from neutron_backend.runtime.exact.gemmlowp import mul, rescale
 
 INT8_VALUES = np.arange(-128, 128, dtype=np.int64)
 
-# Per operator: "independent" (our integer implementation) or "table" (TFLite's float-built lookup table,
-# rebuilt by our float code). Read by the README and the tests.
-IMPLEMENTATION: dict[str, str] = {
-    "RELU": "independent", "RELU6": "independent", "RELU_N1_TO_1": "independent", "RELU_0_TO_1": "independent",
-    "HARD_SWISH": "independent", "LEAKY_RELU": "independent", "ABS": "independent", "RSQRT": "independent",
-    "LOGISTIC": "table", "TANH": "table", "EXP": "table", "LOG": "table",
-}
-
-
 def f32(value: float) -> np.float32:
     """The float32 value C code holds for a tensor scale or option."""
     return np.float32(value)
