@@ -328,7 +328,7 @@ def test_selection_needs_shared_qparams(fn, target: str, name: str) -> None:
     entry = entry_for(report, target)
     assert not entry.delegated
     assert entry.reason == ("input 1 is quantized with scale 0.02, zero point 0 but the output with scale 0.05, "
-                            f"zero point 3; {name} needs both inputs and the output to share qparams "
+                            f"zero point 3; {name} needs all inputs and the output to share qparams "
                             "(NeutronQuantizer does this)")
 
 

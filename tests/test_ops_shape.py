@@ -391,17 +391,17 @@ def test_pad_value_must_be_representable(value, reason):
 
 
 @pytest.mark.parametrize(("target", "fn", "what"), [
-    (SLICE, lambda x: x[:, 1:3], "a data-movement operator must keep its input's qparams"),
-    (PAD, lambda x: F.pad(x, (1, 1)), "padding must keep its input's qparams"),
-    (AMAX, lambda x: x.amax(1, keepdim=True), "a max/min reduction must keep its input's qparams"),
-    (NEAREST, lambda x: F.interpolate(x, scale_factor=2.0), "resizing must keep its input's qparams"),
+    (SLICE, lambda x: x[:, 1:3], "slice_copy"),
+    (PAD, lambda x: F.pad(x, (1, 1)), "constant_pad_nd"),
+    (AMAX, lambda x: x.amax(1, keepdim=True), "amax"),
+    (NEAREST, lambda x: F.interpolate(x, scale_factor=2.0), "upsample_nearest2d"),
 ])
 def test_data_movement_needs_shared_qparams(target, fn, what):
     """These copy int8 values unchanged, so their output must be quantized like their input."""
     _assert_verdict(_hand_report(fn, (1, 4, 3, 3)), target, None)
     _assert_verdict(_hand_report(fn, (1, 4, 3, 3), scale=0.02), target,
-                    f"input and output are quantized differently (scale 0.01 vs 0.02); {what} (NeutronQuantizer "
-                    "shares them)")
+                    "input and output are quantized differently (scale 0.01, zero point 0 vs scale 0.02, zero point "
+                    f"0); {what} keeps its input's qparams, so both must be equal (NeutronQuantizer shares them)")
 
 
 SCALE_REASON = "scale {} along {} ({} -> {}, {}); Neutron resizes by 1, 2, 4, 8 per axis"

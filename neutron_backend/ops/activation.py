@@ -6,7 +6,7 @@ import math
 
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject
+from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, QParamsContract, Verdict, arg
 from neutron_backend.ops.edge import edge
 
 # Clamp bounds Neutron runs as an activation, with the TFLite activation each maps to.
@@ -40,14 +40,13 @@ def _fusable(node: Node) -> bool:
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
-    if relu_form(node) is not None:
-        return SUPPORTED
-    in_q, out_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
-    if in_q is not None and out_q is not None and in_q == out_q:
-        return SUPPORTED
-    low, high = bounds(node)
-    return reject(f"clamp bounds ({low:g}, {high:g}) are not a ReLU form {sorted(RELU_FORMS)} and input/output "
-                  "quantization differ; other bounds need equal input and output qparams")
+    """Any bounds: ReLU forms requantize, others clamp in the integer domain under their declared contract."""
+    return SUPPORTED
+
+
+def _contract(node: Node) -> QParamsContract:
+    """ReLU forms run as TFLite activations, which requantize; other bounds clamp integers, keeping the qparams."""
+    return QParamsContract.FREE if relu_form(node) is not None else QParamsContract.OUTPUT_EQUALS_INPUT
 
 
 def _convert(node: Node, ctx) -> None:
@@ -81,9 +80,12 @@ _CONSTRAINTS = ("bounds (0, inf), (0, 6), (-1, 1) run as RELU, RELU6, RELU_N1_TO
 OPERATORS = [
     NeutronOperator(name="aten.relu.default", targets=(edge("aten.relu.default"),), kind=OpKind.ACTIVATION,
                     constraints="fused into a preceding convolution or linear layer when it follows one",
-                    check=_check, fusable=_fusable, convert=_convert),
+                    check=_check, fusable=_fusable, convert=_convert,
+                    qparams=_contract),
     NeutronOperator(name="aten.hardtanh.default", targets=(edge("aten.hardtanh.default"),),
-                    kind=OpKind.ACTIVATION, constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert),
+                    kind=OpKind.ACTIVATION, constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
+                    qparams=_contract),
     NeutronOperator(name="aten.clamp.default", targets=(edge("aten.clamp.default"),), kind=OpKind.ACTIVATION,
-                    constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert),
+                    constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
+                    qparams=_contract),
 ]

@@ -43,6 +43,15 @@ class OpKind(enum.Enum):
     ACTIVATION = "activation"  # fusable into a preceding conv/linear; standalone it is compute
 
 
+class QParamsContract(enum.Enum):
+    """How an operator's output qparams must relate to its inputs' (the partitioner enforces it for every node)."""
+
+    FREE = "free"  # the operator requantizes: any input and output qparams
+    OUTPUT_EQUALS_INPUT = "output equals input"  # moves or selects input values without rescaling them
+    SHARED = "all inputs and output shared"  # selects among several inputs' values without rescaling them
+    FIXED_OUTPUT = "fixed output"  # the int8 kernel produces one output quantization (its check names it)
+
+
 class CheckContext(Protocol):
     """What a support check may ask about the graph around a node."""
 
@@ -86,6 +95,12 @@ class NeutronOperator:
     fusable: Callable[[Node], bool] | None = None  # ACTIVATION: may run fused into the conv/linear before it
     # The target's limits in numbers, for `neutron ops --target` (e.g. the largest Cin per kernel size).
     target_limits: Callable[[NeutronTarget], str] | None = None
+    # How output qparams relate to input qparams; a function when it depends on the node (clamp's bounds).
+    qparams: QParamsContract | Callable[[Node], QParamsContract] = QParamsContract.FREE
+
+    def qparams_contract(self, node: Node) -> QParamsContract:
+        """The qparams contract of this node."""
+        return self.qparams if isinstance(self.qparams, QParamsContract) else self.qparams(node)
 
     def is_no_op(self, node: Node) -> bool:
         """Whether the node moves data only (shape operators always; others when `no_op` says so)."""
@@ -94,11 +109,51 @@ class NeutronOperator:
         return self.no_op is not None and self.no_op(node)
 
     def verdict(self, node: Node, ctx: CheckContext) -> Verdict:
-        """Representability first, then the target's limits."""
-        verdict = self.check(node, ctx)
+        """The qparams contract first, then representability, then the target's limits."""
+        verdict = check_qparams_contract(self, node, ctx)
+        if verdict:
+            verdict = self.check(node, ctx)
         if verdict and self.check_target is not None:
             verdict = self.check_target(node, ctx)
         return verdict
+
+
+def _describe(q: QParams, other: QParams) -> str:
+    text = f"scale {q.scale:.6g}, zero point {q.zero_point}"
+    if (q.qmin, q.qmax, q.dtype) != (other.qmin, other.qmax, other.dtype):
+        text += f", range [{q.qmin}, {q.qmax}] {str(q.dtype).removeprefix('torch.')}"
+    return text
+
+
+def check_qparams_contract(operator: NeutronOperator, node: Node, ctx: CheckContext) -> Verdict:
+    """Whether the node's input and output qparams keep the operator's declared contract.
+
+    OUTPUT_EQUALS_INPUT compares the first input with the output, SHARED every activation input (weights aside).
+    Unknown qparams (an input that is not dequantized) are left to the cluster rules.
+    """
+    contract = operator.qparams_contract(node)
+    if contract not in (QParamsContract.OUTPUT_EQUALS_INPUT, QParamsContract.SHARED):
+        return SUPPORTED
+    output_q = ctx.output_qparams(node)
+    if output_q is None:
+        return SUPPORTED
+    name = node.target._schema.name.split("::")[-1]
+    from neutron_backend.clusters import flat_inputs
+
+    positions = [0] if contract is QParamsContract.OUTPUT_EQUALS_INPUT else [
+        i for i in range(len(flat_inputs(node))) if i not in operator.weight_args]
+    for position in positions:
+        input_q = ctx.input_qparams(node, position)
+        if input_q is None or input_q == output_q:
+            continue
+        if contract is QParamsContract.OUTPUT_EQUALS_INPUT:
+            return reject(f"input and output are quantized differently ({_describe(input_q, output_q)} vs "
+                          f"{_describe(output_q, input_q)}); {name} keeps its input's qparams, so both must be "
+                          "equal (NeutronQuantizer shares them)")
+        return reject(f"input {position} is quantized with {_describe(input_q, output_q)} but the output with "
+                      f"{_describe(output_q, input_q)}; {name} needs all inputs and the output to share qparams "
+                      "(NeutronQuantizer does this)")
+    return SUPPORTED
 
 
 def shape_of(node: Any) -> tuple[int, ...]:

@@ -9,6 +9,7 @@ from neutron_backend.ops.base import (
     CheckContext,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     arg,
     reject,
@@ -23,15 +24,7 @@ def cat_dim(node: Node) -> int:
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
-    inputs = list(node.args[0])
-    output_q = ctx.output_qparams(node)
-    for index in range(len(inputs)):
-        input_q = ctx.input_qparams(node, index)
-        if input_q is not None and output_q is not None and input_q != output_q:
-            return reject(f"input {index} is quantized with scale {input_q.scale:.6g}, zero point "
-                          f"{input_q.zero_point} but the output with scale {output_q.scale:.6g}, zero point "
-                          f"{output_q.zero_point}; cat needs all inputs and the output to share qparams "
-                          "(NeutronQuantizer does this)")
+    """Nothing beyond the shared qparams (the declared contract, checked by the partitioner)."""
     return SUPPORTED
 
 
@@ -66,5 +59,5 @@ OPERATORS = [
                     constraints=("all inputs and the output share qparams; along channels each input's channels "
                                  "are a multiple of num_macs unless force_delegate_cat"),
                     check=_check, check_target=_check_target, convert=_convert,
-                    quantization="int8; all inputs and the output share one qparams"),
+                    quantization="int8; all inputs and the output share one qparams", qparams=QParamsContract.SHARED),
 ]

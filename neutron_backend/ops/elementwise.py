@@ -10,13 +10,14 @@ from __future__ import annotations
 import numpy as np
 from torch.fx import Node
 
-from neutron_backend.clusters import flat_inputs, op_name
+from neutron_backend.clusters import flat_inputs
 from neutron_backend.ir import channels_last_perm
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     arg,
     numel,
@@ -48,19 +49,8 @@ def _check_arithmetic(node: Node, ctx: CheckContext) -> Verdict:
 
 
 def _check_selection(node: Node, ctx: CheckContext) -> Verdict:
-    """maximum/minimum pick one input's value without rescaling it, so every input and the output share qparams."""
-    verdict = _check_operands(node, ctx)
-    if not verdict:
-        return verdict
-    output_q = ctx.output_qparams(node)
-    for index in (0, 1):
-        input_q = ctx.input_qparams(node, index)
-        if input_q is not None and output_q is not None and input_q != output_q:
-            return reject(f"input {index} is quantized with scale {input_q.scale:.6g}, zero point "
-                          f"{input_q.zero_point} but the output with scale {output_q.scale:.6g}, zero point "
-                          f"{output_q.zero_point}; {op_name(node)} needs both inputs and the "
-                          "output to share qparams (NeutronQuantizer does this)")
-    return SUPPORTED
+    """maximum/minimum pick one input's value without rescaling it: their declared contract shares qparams."""
+    return _check_operands(node, ctx)
 
 
 def _keeps_memory_order(shape: tuple[int, ...], perm: tuple[int, ...]) -> bool:
@@ -131,8 +121,8 @@ OPERATORS = [
                     convert=_converter("MUL", "MulOptionsT")),
     NeutronOperator(name="aten.maximum.default", targets=(edge("aten.maximum.default"),), kind=OpKind.COMPUTE,
                     constraints=_SELECTION, check=_check_selection, convert=_converter("MAXIMUM", None),
-                    quantization="int8; both inputs and the output share one qparams"),
+                    quantization="int8; both inputs and the output share one qparams", qparams=QParamsContract.SHARED),
     NeutronOperator(name="aten.minimum.default", targets=(edge("aten.minimum.default"),), kind=OpKind.COMPUTE,
                     constraints=_SELECTION, check=_check_selection, convert=_converter("MINIMUM", None),
-                    quantization="int8; both inputs and the output share one qparams"),
+                    quantization="int8; both inputs and the output share one qparams", qparams=QParamsContract.SHARED),
 ]

@@ -8,7 +8,16 @@ import math
 import numpy as np
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject, shape_of
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    NeutronOperator,
+    OpKind,
+    QParamsContract,
+    Verdict,
+    arg,
+    shape_of,
+)
 from neutron_backend.ops.edge import edge
 
 
@@ -29,16 +38,6 @@ def _reduces_nothing(node: Node) -> bool:
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
-    return SUPPORTED
-
-
-def _check_shared(node: Node, ctx: CheckContext) -> Verdict:
-    """max/min pick an input value, so their output must keep the input's qparams to be exact."""
-    input_q, output_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
-    if input_q is not None and output_q is not None and input_q != output_q:
-        return reject(f"input and output are quantized differently (scale {input_q.scale:.6g} vs "
-                      f"{output_q.scale:.6g}); a max/min reduction must keep its input's qparams "
-                      "(NeutronQuantizer shares them)")
     return SUPPORTED
 
 
@@ -109,10 +108,10 @@ OPERATORS = [
                     check=_check, no_op=_reduces_nothing, convert=_convert_sum, quantization=_SHARED),
     NeutronOperator(name="aten.amax.default", targets=(edge("aten.amax.default"),), kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
-                    check=_check_shared, no_op=_reduces_nothing, convert=_converter("REDUCE_MAX"),
-                    quantization=_SHARED),
+                    check=_check, no_op=_reduces_nothing, convert=_converter("REDUCE_MAX"),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten.amin.default", targets=(edge("aten.amin.default"),), kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
-                    check=_check_shared, no_op=_reduces_nothing, convert=_converter("REDUCE_MIN"),
-                    quantization=_SHARED),
+                    check=_check, no_op=_reduces_nothing, convert=_converter("REDUCE_MIN"),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
 ]

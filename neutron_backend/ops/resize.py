@@ -17,6 +17,7 @@ from neutron_backend.ops.base import (
     CheckContext,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     arg,
     reject,
@@ -65,10 +66,6 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
                 return reject(f"scale_factor {factor:g} along {axis} does not equal output/input size "
                               f"{size_out}/{size_in}; PyTorch then samples with step 1/{factor:g}, which the resize "
                               "kernel cannot express: pass size= or recompute_scale_factor=True")
-    input_q, output_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
-    if input_q is not None and output_q is not None and input_q != output_q:
-        return reject(f"input and output are quantized differently (scale {input_q.scale:.6g} vs "
-                      f"{output_q.scale:.6g}); resizing must keep its input's qparams (NeutronQuantizer shares them)")
     return SUPPORTED
 
 
@@ -114,9 +111,11 @@ OPERATORS = [
     NeutronOperator(name="aten.upsample_nearest2d.vec", targets=(edge("aten.upsample_nearest2d.vec"),),
                     kind=OpKind.COMPUTE, constraints=_CONSTRAINTS, check=_check, check_target=_check_target,
                     convert=_converter("RESIZE_NEAREST_NEIGHBOR"), no_op=_is_identity,
-                    quantization="int8; output shares the input's qparams"),
+                    quantization="int8; output shares the input's qparams",
+                    qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten.upsample_bilinear2d.vec", targets=(edge("aten.upsample_bilinear2d.vec"),),
                     kind=OpKind.COMPUTE, constraints=f"{_CONSTRAINTS}; align_corners True or False",
                     check=_check, check_target=_check_target, convert=_converter("RESIZE_BILINEAR"),
-                    no_op=_is_identity, quantization="int8; output shares the input's qparams"),
+                    no_op=_is_identity, quantization="int8; output shares the input's qparams",
+                    qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
 ]

@@ -6,7 +6,17 @@ from collections.abc import Sequence
 
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject, shape_of
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    NeutronOperator,
+    OpKind,
+    QParamsContract,
+    Verdict,
+    arg,
+    reject,
+    shape_of,
+)
 from neutron_backend.ops.edge import edge
 
 
@@ -23,11 +33,7 @@ def value_layout(node: Node, ctx) -> bool:
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
-    input_q, output_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
-    if input_q is not None and output_q is not None and input_q != output_q:
-        return reject(f"input and output are quantized differently (scale {input_q.scale:.6g} vs "
-                      f"{output_q.scale:.6g}); a data-movement operator must keep its input's qparams "
-                      "(NeutronQuantizer shares them)")
+    """Nothing beyond keeping the input's qparams (the declared contract, checked by the partitioner)."""
     return SUPPORTED
 
 
@@ -118,26 +124,26 @@ _SHARED = "int8; output shares the input's qparams"
 OPERATORS = [
     NeutronOperator(name="aten.view_copy.default", targets=(edge("aten.view_copy.default"),), kind=OpKind.SHAPE,
                     constraints=_CONSTRAINTS, check=_check, convert=_convert_view,
-                    quantization="int8; output shares the input's qparams"),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten.permute_copy.default", targets=(edge("aten.permute_copy.default"),),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_permute,
-                    quantization="int8; output shares the input's qparams"),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten.clone.default", targets=(edge("aten.clone.default"),
                                                         edge("dim_order_ops._clone_dim_order.default")),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_clone,
-                    quantization="int8; output shares the input's qparams"),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten.slice_copy.Tensor", targets=(edge("aten.slice_copy.Tensor"),), kind=OpKind.SHAPE,
                     constraints=f"step 1; {_CONSTRAINTS}", check=_check_slice,
-                    convert=_convert_slice, quantization=_SHARED),
+                    convert=_convert_slice, quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten.select_copy.int", targets=(edge("aten.select_copy.int"),), kind=OpKind.SHAPE,
                     constraints=_CONSTRAINTS, check=_check, convert=_convert_select,
-                    quantization=_SHARED),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten.squeeze_copy.dims",
                     targets=(edge("aten.squeeze_copy.dims"), edge("aten.squeeze_copy.dim"),
                              edge("aten.squeeze_copy.default")),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_reshape,
-                    quantization=_SHARED),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten.unsqueeze_copy.default", targets=(edge("aten.unsqueeze_copy.default"),),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_reshape,
-                    quantization=_SHARED),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
 ]

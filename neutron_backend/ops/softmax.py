@@ -9,6 +9,7 @@ from neutron_backend.ops.base import (
     CheckContext,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     numel,
     reject,
@@ -101,5 +102,5 @@ OPERATORS = [
                                  f"total <= {MAX_TOTAL}"),
                     check=_check, check_target=_check_target, convert=_convert,
                     quantization=("int8; output fixed at scale 1/256, zero point -128 (1/128, zero point 0 when it "
-                                  "feeds an input that needs zero point 0)")),
+                                  "feeds an input that needs zero point 0)"), qparams=QParamsContract.FIXED_OUTPUT),
 ]

@@ -23,6 +23,7 @@ from neutron_backend.ops.base import (
     CheckContext,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     arg,
     reject,
@@ -185,9 +186,11 @@ def _operator(name: str, check: Callable[[Node, CheckContext], Verdict], convert
 
 OPERATORS = [
     _operator("aten.sigmoid.default", _fixed_output("sigmoid (LOGISTIC)", SIGMOID_SCALE, SIGMOID_ZERO_POINT, "1/256"),
-              _unary("LOGISTIC"), quantization="int8; output fixed at scale 1/256, zero point -128"),
+              _unary("LOGISTIC"), quantization="int8; output fixed at scale 1/256, zero point -128",
+              qparams=QParamsContract.FIXED_OUTPUT),
     _operator("aten.tanh.default", _fixed_output("tanh", TANH_SCALE, TANH_ZERO_POINT, "1/128"), _unary("TANH"),
-              quantization="int8; output fixed at scale 1/128, zero point 0"),
+              quantization="int8; output fixed at scale 1/128, zero point 0",
+              qparams=QParamsContract.FIXED_OUTPUT),
     _operator("aten.hardswish.default", _int8_only, _unary("HARD_SWISH"),
               constraints=f"{_INT8}; kept whole through decomposition when quantized"),
     _operator("aten.hardsigmoid.default", _int8_only, _convert_hardsigmoid,

@@ -1,0 +1,118 @@
+"""Regression tests of issue 13: graphs whose qparams NeutronQuantizer never writes are delegated correctly or kept
+on the CPU with a reason, never delegated and wrong.
+
+Each case is hand-quantized (explicit quantize/dequantize pairs), lowered through the public API, run as a .pte and
+compared with the same module run in PyTorch, in output quantization steps: one step per requantizing operator is
+the tolerance (DESIGN.md §7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import executorch.kernels.quantized  # noqa: F401  (out-variants of quantize/dequantize for to_executorch)
+import pytest
+import torch
+import torch.nn.functional as F
+from executorch.exir import to_edge_transform_and_lower
+from numerics import qdq
+from torch import nn
+
+from neutron_backend.compile_spec import generate_neutron_compile_spec
+from neutron_backend.partitioner import NeutronPartitioner
+from neutron_backend.report import DelegationReport
+from neutron_backend.runtime import load_pte
+
+QDQ_PREFIX = "quantized_decomposed."
+IN_QPARAMS = (0.05, 3)
+OTHER_QPARAMS = (0.02, -5)
+
+
+def lower_and_run(model: nn.Module, shapes: tuple[tuple[int, ...], ...], directory: Path,
+                  **spec_kwargs) -> tuple[DelegationReport, tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+    """(report, .pte outputs, PyTorch outputs) of `model` on seeded N(0, 1) inputs."""
+    torch.manual_seed(0)
+    inputs = tuple(torch.randn(shape) for shape in shapes)
+    partitioner = NeutronPartitioner(generate_neutron_compile_spec("imxrt700", **spec_kwargs))
+    edge = to_edge_transform_and_lower(torch.export.export(model.eval(), inputs), partitioner=[partitioner])
+    pte = directory / "model.pte"
+    pte.write_bytes(edge.to_executorch().buffer)
+    got = tuple(load_pte(pte)(*inputs))
+    want = model(*inputs)
+    return partitioner.report, got, want if isinstance(want, tuple) else (want,)
+
+
+def steps(got: torch.Tensor, want: torch.Tensor, scale: float) -> float:
+    return float((got - want).abs().max()) / scale
+
+
+def compute_entries(report: DelegationReport, name: str):
+    return [e for e in report.nodes if name in e.target]
+
+
+# -- a pool's output shares its input's qparams ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("pool", "name"), [(lambda x: F.max_pool2d(x, 2), "max_pool2d"),
+                                            (lambda x: F.avg_pool2d(x, 2), "avg_pool2d"),
+                                            (lambda x: F.adaptive_avg_pool2d(x, 2), "adaptive_avg_pool2d")])
+def test_pool_with_unequal_qparams_is_not_delegated_wrong(pool: Callable, name: str, tmp_path: Path) -> None:
+    """Was delegated and 73 (max) / 38 (avg) output steps off: pooling keeps its input's qparams."""
+
+    class Pool(nn.Module):
+        def forward(self, x):
+            return qdq(pool(qdq(x, *IN_QPARAMS)), *OTHER_QPARAMS)
+
+    report, (got,), (want,) = lower_and_run(Pool(), ((1, 4, 8, 8),), tmp_path)
+    (entry,) = compute_entries(report, name)
+    assert not entry.delegated, f"delegated {steps(got, want, OTHER_QPARAMS[0]):.0f} steps off"
+    assert "input and output are quantized differently (scale 0.05, zero point 3 vs scale 0.02, zero point -5)" \
+        in entry.reason, entry.reason
+    assert steps(got, want, OTHER_QPARAMS[0]) == 0  # the CPU runs the same PyTorch kernels
+
+
+def test_pool_with_equal_qparams_is_delegated(tmp_path: Path) -> None:
+    class Pool(nn.Module):
+        def forward(self, x):
+            return qdq(F.max_pool2d(qdq(x, *IN_QPARAMS), 2), *IN_QPARAMS)
+
+    report, (got,), (want,) = lower_and_run(Pool(), ((1, 4, 8, 8),), tmp_path)
+    assert all(e.delegated for e in compute_entries(report, "max_pool2d")), str(report)
+    assert steps(got, want, IN_QPARAMS[0]) <= 1  # one requantizing operator at most
+
+
+# -- a value with several quantize users -------------------------------------------------------------------------
+
+
+class TwoQuantizedUsers(nn.Module):
+    """leaky_relu's value quantized twice with different qparams, each feeding a conv, as a hand-quantized model
+    (or another quantizer) may write it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.first = nn.Conv2d(4, 4, 1)
+        self.second = nn.Conv2d(4, 4, 1)
+        self.scales = {id(conv): float(conv.weight.abs().max()) / 127 for conv in (self.first, self.second)}
+
+    def _conv(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        ops = torch.ops.quantized_decomposed
+        scale = self.scales[id(conv)]
+        weight = ops.dequantize_per_tensor(ops.quantize_per_tensor(conv.weight, scale, 0, -127, 127, torch.int8),
+                                           scale, 0, -127, 127, torch.int8)
+        return qdq(F.conv2d(x, weight), 0.03, 1)
+
+    def forward(self, x):
+        y = F.leaky_relu(qdq(x, *IN_QPARAMS), 0.1)
+        return self._conv(self.first, qdq(y, *IN_QPARAMS)), self._conv(self.second, qdq(y, *OTHER_QPARAMS))
+
+
+def test_each_quantize_user_gets_its_own_qparams(tmp_path: Path) -> None:
+    """Was 73 steps off: lowering gave the second user the first quantize's qparams."""
+    report, got, want = lower_and_run(TwoQuantizedUsers(), ((1, 4, 6, 6),), tmp_path)
+    (leaky,) = compute_entries(report, "leaky_relu")
+    assert leaky.delegated, str(report)
+    # leaky_relu, the requantization into the second qparams, then the conv: at most 3 requantizing steps.
+    for output, reference in zip(got, want, strict=True):
+        assert steps(output, reference, 0.03) <= 3, [steps(g, w, 0.03) for g, w in zip(got, want, strict=True)]
