@@ -92,16 +92,13 @@ class TwoQuantizedUsers(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
-        self.first = nn.Conv2d(4, 4, 1)
-        self.second = nn.Conv2d(4, 4, 1)
-        self.scales = {id(conv): float(conv.weight.abs().max()) / 127 for conv in (self.first, self.second)}
+        self.register_buffer("first", torch.randint(-127, 128, (4, 4, 1, 1), dtype=torch.int8))
+        self.register_buffer("second", torch.randint(-127, 128, (4, 4, 1, 1), dtype=torch.int8))
 
-    def _conv(self, conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        ops = torch.ops.quantized_decomposed
-        scale = self.scales[id(conv)]
-        weight = ops.dequantize_per_tensor(ops.quantize_per_tensor(conv.weight, scale, 0, -127, 127, torch.int8),
-                                           scale, 0, -127, 127, torch.int8)
-        return qdq(F.conv2d(x, weight), 0.03, 1)
+    @staticmethod
+    def _conv(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        w = torch.ops.quantized_decomposed.dequantize_per_tensor(weight, 0.004, 0, -127, 127, torch.int8)
+        return qdq(F.conv2d(x, w), 0.03, 1)
 
     def forward(self, x):
         y = F.leaky_relu(qdq(x, *IN_QPARAMS), 0.1)
