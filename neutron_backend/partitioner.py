@@ -176,12 +176,34 @@ class NeutronPartitioner(Partitioner):
         partitions = self._partition_with_rules(ep, index, verdicts)
         heads = {node for partition in partitions for node in partition.nodes
                  if node in index.cluster_of and index.cluster_of[node].head is node}
+        candidates = [head for head in heads if ops.schema_key(head.target) in kept_whole]
+        if self._reject_unconvertible(ep, index, verdicts, candidates):
+            partitions = self._partition_with_rules(ep, index, verdicts)
+            heads = {node for partition in partitions for node in partition.nodes
+                     if node in index.cluster_of and index.cluster_of[node].head is node}
         for cluster in index.clusters:
             head = cluster.head
             if cluster.problem is None and head not in heads and ops.schema_key(head.target) in kept_whole:
                 logger.warning("Neutron: %s '%s' is decomposed for the CPU: %s", target_name(head), head.name,
                                verdicts[id(cluster)].reason)
         return heads
+
+    def _reject_unconvertible(self, ep: ExportedProgram, index: ClusterIndex, verdicts: dict[int, Verdict],
+                              heads: list[Node]) -> bool:
+        """Trial-converts each cluster of `heads` alone, as `_convertible` converts partitions, and rejects those
+        that fail with the failure as reason. Kept whole, such a node would have no CPU kernel to fall back to."""
+        values = {**self._seen_constants, **(self.post_quantization_state_dict or {})}
+        position = {node: i for i, node in enumerate(ep.graph.nodes)}
+        rejected = False
+        for head in heads:
+            cluster = index.cluster_of[head]
+            nodes = sorted(cluster.nodes(), key=position.__getitem__)
+            failure = try_partition(ep, nodes, self.compile_options, values, position)
+            if failure is not None:
+                reason = failure.reason.strip().splitlines()[0] if failure.reason.strip() else "unknown error"
+                verdicts[id(cluster)] = reject(f"converting it for Neutron failed: {reason}")
+                rejected = True
+        return rejected
 
     def _remember_constants(self, ep: ExportedProgram) -> None:
         for key, value in [*ep.state_dict.items(), *ep.constants.items()]:

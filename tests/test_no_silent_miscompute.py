@@ -35,7 +35,9 @@ def lower_and_run(model: nn.Module, shapes: tuple[tuple[int, ...], ...], directo
     torch.manual_seed(0)
     inputs = tuple(torch.randn(shape) for shape in shapes)
     partitioner = NeutronPartitioner(generate_neutron_compile_spec("imxrt700", **spec_kwargs))
-    edge = to_edge_transform_and_lower(torch.export.export(model.eval(), inputs), partitioner=[partitioner])
+    if not isinstance(model, torch.fx.GraphModule):
+        model = model.eval()
+    edge = to_edge_transform_and_lower(torch.export.export(model, inputs), partitioner=[partitioner])
     pte = directory / "model.pte"
     pte.write_bytes(edge.to_executorch().buffer)
     got = tuple(load_pte(pte)(*inputs))
@@ -44,7 +46,8 @@ def lower_and_run(model: nn.Module, shapes: tuple[tuple[int, ...], ...], directo
 
 
 def steps(got: torch.Tensor, want: torch.Tensor, scale: float) -> float:
-    return float((got - want).abs().max()) / scale
+    """The largest difference in output steps, rounded to 4 decimals (float32 rounding of the values)."""
+    return round(float((got - want).abs().max()) / scale, 4)
 
 
 def compute_entries(report: DelegationReport, name: str):
@@ -113,3 +116,39 @@ def test_each_quantize_user_gets_its_own_qparams(tmp_path: Path) -> None:
     # leaky_relu, the requantization into the second qparams, then the conv: at most 3 requantizing steps.
     for output, reference in zip(got, want, strict=True):
         assert steps(output, reference, 0.03) <= 3, [steps(g, w, 0.03) for g, w in zip(got, want, strict=True)]
+
+
+# -- a kept-whole operator whose conversion fails ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("module", "name"), [(nn.Hardswish(), "hardswish"), (nn.Hardsigmoid(), "hardsigmoid"),
+                                              (nn.SiLU(), "silu"), (nn.PReLU(4), "prelu")])
+def test_kept_whole_operator_that_fails_conversion_decomposes_for_the_cpu(module: nn.Module, name: str,
+                                                                           tmp_path: Path, monkeypatch, caplog) -> None:
+    """Was a hard error: "aten.hardswish ... was not decomposed or delegated" (no portable kernel runs it whole)."""
+    import logging
+
+    from neutron_backend import ops
+    from neutron_backend.quantizer.calibration import quantize_model, random_batches
+
+    def failing(node, ctx) -> None:
+        raise ValueError("converter double: this operator does not convert")
+
+    operator = ops.lookup(getattr(torch.ops.aten, name).default)
+    monkeypatch.setitem(operator.__dict__, "convert", failing)  # a frozen dataclass: its field, for this test
+    model = nn.Sequential(nn.Conv2d(4, 4, 3, padding=1), module).eval()
+    inputs = (torch.randn(1, 4, 6, 6),)
+    torch.manual_seed(0)
+    quantized = quantize_model(model, inputs, calibration_batches=random_batches(inputs, 3), progress=False)
+    with caplog.at_level(logging.WARNING, logger="neutron_backend.partitioner"):
+        report, (got,), (want,) = lower_and_run(quantized, ((1, 4, 6, 6),), tmp_path)
+    assert not any(e.delegated for e in compute_entries(report, name)), str(report)
+    assert any(e.delegated for e in compute_entries(report, "convolution")), str(report)
+    assert any("is decomposed for the CPU: converting it for Neutron failed: converting '" in r.getMessage()
+               and "converter double" in r.getMessage() for r in caplog.records), caplog.text
+    from neutron_backend.verify import output_scales
+
+    (scale,) = output_scales(quantized)
+    # The CPU runs the decomposition in float between the same quantize/dequantize pairs: the conv's one step, and
+    # one more where the decomposition's float result rounds differently from the whole operator's.
+    assert steps(got, want, scale) <= 2
