@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import difflib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -31,7 +32,7 @@ from neutron_backend.clusters import (
     read_qparams,
     target_name,
 )
-from neutron_backend.compile_spec import NeutronCompileOptions, parse_compile_spec
+from neutron_backend.compile_spec import NeutronCompileOptions, OperatorName, origin_of, parse_compile_spec
 from neutron_backend.delegation_options import CustomDelegationOptions
 from neutron_backend.fallback import ConversionFailure, try_partition
 from neutron_backend.ir.formats import FormatMap
@@ -121,6 +122,8 @@ class NeutronPartitioner(Partitioner):
         # Real constants of the program to_edge_transform_and_lower showed ops_to_not_decompose; partition() gets a
         # copy whose state dict is fake, and its trial conversions want the real weights.
         self._seen_constants: dict[str, torch.Tensor] = {}
+        # operators_not_to_delegate names seen matching a node since the last partition(), to warn about the rest.
+        self._matched_exclusions: set[OperatorName] = set()
 
     @property
     def target(self):
@@ -136,6 +139,7 @@ class NeutronPartitioner(Partitioner):
         kernels lack most of them whole), with a warning naming the reason for a quantized one.
         """
         self._remember_constants(ep)
+        self._note_matched_exclusions(ep.graph)
         kept_whole = kept_whole_operators()
         present = {ops.schema_key(node.target) for node in ep.graph.nodes if node.op == "call_function"}
         if not present & kept_whole.keys():
@@ -214,9 +218,35 @@ class NeutronPartitioner(Partitioner):
 
     def _excluded_by_user(self, node: Node) -> str | None:
         for name in self.compile_options.operators_not_to_delegate:
-            if name.matches(node.target):
+            if name.matches(node.target, origin_of(node)):
                 return f"excluded by operators_not_to_delegate ('{name}')"
         return None
+
+    def _note_matched_exclusions(self, graph: torch.fx.Graph) -> None:
+        """Remembers which operators_not_to_delegate names match a node of `graph` (the ATen program, where
+        kept-whole operators still exist, and the edge program)."""
+        names = [n for n in self.compile_options.operators_not_to_delegate if n not in self._matched_exclusions]
+        for node in graph.nodes:
+            if not names:
+                return
+            if node.op == "call_function":
+                origin = origin_of(node)
+                for name in [n for n in names if n.matches(node.target, origin)]:
+                    self._matched_exclusions.add(name)
+                    names.remove(name)
+
+    def _warn_unmatched_exclusions(self, graph: torch.fx.Graph) -> None:
+        """Warns for each operators_not_to_delegate name that matched no node: it excluded nothing."""
+        present = {name for node in graph.nodes if node.op == "call_function"
+                   for name in (op_name(node), origin_of(node)) if name}
+        for name in self.compile_options.operators_not_to_delegate:
+            if name in self._matched_exclusions:
+                continue
+            close = difflib.get_close_matches(name.name, sorted(present), n=3, cutoff=0.5) or sorted(present)[:3]
+            stands_for = ", ".join(name.would_match()) or "no operator Neutron runs"
+            logger.warning("Neutron: operators_not_to_delegate entry '%s' matches no node of this program, so it "
+                           "excludes nothing; it stands for %s; the program's closest operator names: %s", name,
+                           stands_for, ", ".join(close) or "none")
 
     def _quantization_verdict(self, cluster: Cluster, ctx: _Context, operator: ops.NeutronOperator) -> Verdict:
         inputs = flat_inputs(cluster.head)
@@ -409,6 +439,9 @@ class NeutronPartitioner(Partitioner):
         """
         values = {**self._seen_constants, **(self.post_quantization_state_dict or {})}
         self._seen_constants = {}
+        self._note_matched_exclusions(exported_program.graph)
+        self._warn_unmatched_exclusions(exported_program.graph)
+        self._matched_exclusions = set()
         index = ClusterIndex(exported_program, ops.is_fusable, values)
         formats = FormatMap(exported_program.graph)
         ctx = _Context(index, formats, self.compile_options, self.delegation_options)

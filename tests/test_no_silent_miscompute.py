@@ -152,3 +152,67 @@ def test_kept_whole_operator_that_fails_conversion_decomposes_for_the_cpu(module
     # The CPU runs the decomposition in float between the same quantize/dequantize pairs: the conv's one step, and
     # one more where the decomposition's float result rounds differently from the whole operator's.
     assert steps(got, want, scale) <= 2
+
+
+# -- exclusions name what the user wrote -------------------------------------------------------------------------
+
+
+class Excludable(nn.Module):
+    """Operators edge lowering or our passes rename: adaptive_avg_pool2d (-> mean.dim), max_pool1d and avg_pool1d
+    (-> 2D pools), div by a constant (-> mul), next to a real mul."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+
+    def forward(self, x):
+        y = self.conv(x)
+        flat = y.flatten(2)
+        return (F.adaptive_avg_pool2d(y, 1), F.max_pool1d(flat, 2), F.avg_pool1d(flat, 2), y / 4.0, y * y)
+
+
+def _excluded_report(exclusions: list[str], tmp_path: Path, caplog) -> DelegationReport:
+    import logging
+
+    from neutron_backend.quantizer.calibration import quantize_model, random_batches
+
+    inputs = (torch.randn(1, 4, 6, 6),)
+    torch.manual_seed(0)
+    quantized = quantize_model(Excludable().eval(), inputs, calibration_batches=random_batches(inputs, 3),
+                               progress=False)
+    with caplog.at_level(logging.WARNING, logger="neutron_backend.partitioner"):
+        report, _, _ = lower_and_run(quantized, ((1, 4, 6, 6),), tmp_path, operators_not_to_delegate=exclusions)
+    return report
+
+
+@pytest.mark.parametrize(("exclusion", "target"), [("aten::adaptive_avg_pool2d", "aten.mean.dim"),
+                                                   ("aten::max_pool1d", "aten.max_pool2d_with_indices.default"),
+                                                   ("aten::avg_pool1d", "aten.avg_pool2d.default")])
+def test_exclusion_of_a_renamed_operator_excludes_what_it_became(exclusion: str, target: str, tmp_path: Path,
+                                                                 caplog) -> None:
+    """Excluded nothing and said nothing before."""
+    report = _excluded_report([exclusion], tmp_path, caplog)
+    (entry,) = [e for e in report.nodes if e.target == target]
+    assert not entry.delegated and entry.reason == f"excluded by operators_not_to_delegate ('{exclusion}')", entry
+    assert "matches no node" not in caplog.text
+
+
+def test_exclusion_of_div_excludes_the_mul_it_became_and_not_a_real_mul(tmp_path: Path, caplog) -> None:
+    report = _excluded_report(["aten::div"], tmp_path, caplog)
+    muls = [e for e in report.nodes if e.target == "aten.mul.Tensor"]
+    assert len(muls) == 2, str(report)
+    assert sorted(e.delegated for e in muls) == [False, True], str(report)
+    assert [e.reason for e in muls if not e.delegated] == ["excluded by operators_not_to_delegate ('aten::div')"]
+
+
+def test_exclusion_matching_no_node_warns_with_what_it_would_match(tmp_path: Path, caplog) -> None:
+    """nn.ReLU6 is written as hardtanh, and there is no 3D pool: both exclude nothing, and say so."""
+    _excluded_report(["aten::relu6", "aten::max_pool3d", "aten::mean"], tmp_path, caplog)
+    messages = {r.getMessage().split("'")[1]: r.getMessage() for r in caplog.records
+                if "operators_not_to_delegate entry" in r.getMessage()}
+    assert sorted(messages) == ["aten::max_pool3d", "aten::relu6"], messages  # aten::mean matched mean.dim
+    assert ("matches no node of this program, so it excludes nothing; it stands for aten.hardtanh.default; "
+            in messages["aten::relu6"]), messages
+    closest = messages["aten::max_pool3d"].split("closest operator names: ")[1].split(", ")
+    assert "it stands for no operator Neutron runs" in messages["aten::max_pool3d"]
+    assert closest[0] == "max_pool1d", messages

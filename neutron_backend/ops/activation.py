@@ -82,7 +82,7 @@ OPERATORS = [
                     constraints="fused into a preceding convolution or linear layer when it follows one",
                     check=_check, fusable=_fusable, convert=_convert,
                     qparams=_contract),
-    NeutronOperator(name="aten.hardtanh.default", targets=(edge("aten.hardtanh.default"),),
+    NeutronOperator(name="aten.hardtanh.default", aliases=("relu6",), targets=(edge("aten.hardtanh.default"),),
                     kind=OpKind.ACTIVATION, constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
                     qparams=_contract),
     NeutronOperator(name="aten.clamp.default", targets=(edge("aten.clamp.default"),), kind=OpKind.ACTIVATION,

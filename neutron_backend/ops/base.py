@@ -95,6 +95,9 @@ class NeutronOperator:
     fusable: Callable[[Node], bool] | None = None  # ACTIVATION: may run fused into the conv/linear before it
     # The target's limits in numbers, for `neutron ops --target` (e.g. the largest Cin per kernel size).
     target_limits: Callable[[NeutronTarget], str] | None = None
+    # ATen names (no namespace or overload) a user may write for this operator: those it decomposes from or one of
+    # our passes rewrites into it ('linear' for addmm, 'div' for mul). operators_not_to_delegate matches them.
+    aliases: tuple[str, ...] = ()
     # How output qparams relate to input qparams; a function when it depends on the node (clamp's bounds).
     qparams: QParamsContract | Callable[[Node], QParamsContract] = QParamsContract.FREE
 

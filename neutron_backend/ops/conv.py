@@ -379,6 +379,7 @@ OPERATORS = [
     NeutronOperator(
         name="aten.convolution.default",
         targets=(edge("aten.convolution.default"),),
+        aliases=("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"),
         kind=OpKind.COMPUTE,
         constraints=("1D or 2D; static weights and bias; kernel, stride, dilation <= 4096; "
                      "kH * kW * ceil_to(Cin, num_macs) <= 65535 (Cin per group when grouped); groups = 1, depthwise "

@@ -116,7 +116,7 @@ OPERATORS = [
                     constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("ADD", "AddOptionsT")),
     NeutronOperator(name="aten.sub.Tensor", targets=(edge("aten.sub.Tensor"),), kind=OpKind.COMPUTE,
                     constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("SUB", "SubOptionsT")),
-    NeutronOperator(name="aten.mul.Tensor", targets=(edge("aten.mul.Tensor"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.mul.Tensor", aliases=("div",), targets=(edge("aten.mul.Tensor"),), kind=OpKind.COMPUTE,
                     constraints="two tensors; one input has the output's element count", check=_check_operands,
                     convert=_converter("MUL", "MulOptionsT")),
     NeutronOperator(name="aten.maximum.default", targets=(edge("aten.maximum.default"),), kind=OpKind.COMPUTE,

@@ -87,10 +87,12 @@ def _convert(node: Node, ctx) -> None:
 
 _CONSTRAINTS = "rank-2 static weight (and bias); alpha = beta = 1; bias shape [P] or [1, P]"
 OPERATORS = [
-    NeutronOperator(name="aten.addmm.default", targets=(edge("aten.addmm.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.addmm.default", aliases=("linear",),
+                    targets=(edge("aten.addmm.default"),), kind=OpKind.COMPUTE,
                     constraints=_CONSTRAINTS, check=_check, macs=_macs, weight_args=(0, 2), convert=_convert,
                     quantization="int8 activations; int8 symmetric per-tensor weights; int32 bias"),
-    NeutronOperator(name="aten.mm.default", targets=(edge("aten.mm.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.mm.default", aliases=("linear",),
+                    targets=(edge("aten.mm.default"),), kind=OpKind.COMPUTE,
                     constraints="rank-2 static weight", check=_check, macs=_macs, weight_args=(1,), convert=_convert,
                     quantization="int8 activations; int8 symmetric per-tensor weights"),
 ]

@@ -94,13 +94,15 @@ def _convert_reflection(node: Node, ctx) -> None:
 _SHARED = "int8; output shares the input's qparams"
 _NO_OP = "alone in a partition it is a no-op and stays on the CPU"
 OPERATORS = [
-    NeutronOperator(name="aten.constant_pad_nd.default", targets=(edge("aten.constant_pad_nd.default"),),
+    NeutronOperator(name="aten.constant_pad_nd.default", aliases=("pad",),
+                    targets=(edge("aten.constant_pad_nd.default"),),
                     kind=OpKind.SHAPE,
                     constraints=("non-negative pads; the pad value within the range of the input's qparams; "
                                  f"{_NO_OP}"),
                     check=_check_constant, convert=_convert_constant, quantization=_SHARED,
                     qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
-    *(NeutronOperator(name=f"aten.{name}.default", targets=(edge(f"aten.{name}.default"),), kind=OpKind.SHAPE,
+    *(NeutronOperator(name=f"aten.{name}.default", targets=(edge(f"aten.{name}.default"),), aliases=("pad",),
+                      kind=OpKind.SHAPE,
                       constraints=f"non-negative pads (torch keeps each smaller than its dim); {_NO_OP}",
                       check=_check_pad_list, convert=_convert_reflection, quantization=_SHARED,
                       qparams=QParamsContract.OUTPUT_EQUALS_INPUT)

@@ -99,7 +99,8 @@ def _convert_sum(node: Node, ctx) -> None:
 _NO_OP = "a reduction over size-1 dims alone is a no-op"
 _SHARED = "int8; output shares the input's qparams"
 OPERATORS = [
-    NeutronOperator(name="aten.mean.dim", targets=(edge("aten.mean.dim"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.mean.dim", aliases=("adaptive_avg_pool2d",),
+                    targets=(edge("aten.mean.dim"),), kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
                     check=_check, no_op=_reduces_nothing, convert=_converter("MEAN"), quantization=_SHARED),
     NeutronOperator(name="aten.sum.dim_IntList", targets=(edge("aten.sum.dim_IntList"),), kind=OpKind.COMPUTE,

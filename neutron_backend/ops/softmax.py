@@ -96,7 +96,8 @@ def _check_target(node: Node, ctx: CheckContext) -> Verdict:
 
 
 OPERATORS = [
-    NeutronOperator(name="aten._softmax.default", targets=(edge("aten._softmax.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten._softmax.default", aliases=("softmax",),
+                    targets=(edge("aten._softmax.default"),), kind=OpKind.COMPUTE,
                     constraints=("over the channel dim (1) or the last dim, transposed when the value's layout puts "
                                  f"the other one last; C <= {MAX_CHANNELS}; product of other dims <= {MAX_OTHER}; "
                                  f"total <= {MAX_TOTAL}"),
