@@ -451,8 +451,8 @@ def test_operators_registered_later_are_found():
 def test_declared_aliases_name_registered_operators():
     from neutron_backend import ops
 
-    for operator in ops.operators():
-        for name in operator.aliases:
+    for registered in ops.operators():
+        for name in registered.aliases:
             parse_operator_name(f"aten::{name}")
 
 
