@@ -216,3 +216,95 @@ def test_exclusion_matching_no_node_warns_with_what_it_would_match(tmp_path: Pat
     closest = messages["aten::max_pool3d"].split("closest operator names: ")[1].split(", ")
     assert "it stands for no operator Neutron runs" in messages["aten::max_pool3d"]
     assert closest[0] == "max_pool1d", messages
+
+
+# -- graphs from another quantizer -------------------------------------------------------------------------------
+
+
+def xnnpack_quantized(model: nn.Module, inputs: tuple[torch.Tensor, ...], per_channel: bool = True,
+                      is_dynamic: bool = False) -> torch.fx.GraphModule:
+    """`model` quantized with ExecuTorch's XNNPACKQuantizer (symmetric config), calibrated on seeded batches."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    from neutron_backend.quantizer.calibration import random_batches
+
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel,
+                                                                                is_dynamic=is_dynamic))
+    prepared = prepare_pt2e(torch.export.export(model.eval(), inputs).module(), quantizer)
+    for batch in random_batches(inputs, 3):
+        prepared(*batch)
+    return convert_pt2e(prepared)
+
+
+class PerChannelLinear(nn.Module):
+    """A linear layer with int8 weights quantized per output feature and an int32 bias per output feature (scale
+    input scale x weight scale), quantized by hand as a per-channel quantizer writes it."""
+
+    IN_SCALE = 0.05
+
+    def __init__(self, features: int = 16, out: int = 8) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        weight, bias = torch.randn(out, features), torch.randn(out)
+        scales = weight.abs().amax(1) / 127
+        self.register_buffer("scales", scales)
+        self.register_buffer("bias_scales", scales * self.IN_SCALE)
+        self.register_buffer("zero_points", torch.zeros(out, dtype=torch.int64))
+        self.register_buffer("weight", torch.round(weight / scales[:, None]).to(torch.int8))
+        self.register_buffer("bias", torch.round(bias / self.bias_scales).to(torch.int32))
+
+    def forward(self, x):
+        ops = torch.ops.quantized_decomposed
+        w = ops.dequantize_per_channel(self.weight, self.scales, self.zero_points, 0, -127, 127, torch.int8)
+        b = ops.dequantize_per_channel(self.bias, self.bias_scales, self.zero_points, 0, -2**31, 2**31 - 1,
+                                       torch.int32)
+        return qdq(F.linear(qdq(x, self.IN_SCALE, 0), w, b), 0.1, 2)
+
+
+def test_per_channel_linear_weights_are_converted(tmp_path: Path) -> None:
+    """Was accepted, then failed conversion with a TypeError (a float times the tuple of per-channel scales) shown
+    to the user as the reason."""
+    report, (got,), (want,) = lower_and_run(PerChannelLinear(), ((2, 16),), tmp_path)
+    (entry,) = compute_entries(report, "addmm")
+    assert entry.delegated, str(report)
+    assert steps(got, want, 0.1) <= 1  # one requantizing operator
+
+
+def test_per_channel_weights_along_the_input_features_are_rejected(tmp_path: Path) -> None:
+    """A scale per input feature cannot be folded into a fully connected layer's per-output-channel scales."""
+
+    class PerInputFeature(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.register_buffer("weight", torch.randint(-127, 128, (8, 16), dtype=torch.int8))
+            self.register_buffer("scales", torch.rand(16) / 100 + 1e-3)
+            self.register_buffer("zero_points", torch.zeros(16, dtype=torch.int64))
+
+        def forward(self, x):
+            ops = torch.ops.quantized_decomposed
+            w = ops.dequantize_per_channel(self.weight, self.scales, self.zero_points, 1, -127, 127, torch.int8)
+            return qdq(F.linear(qdq(x, 0.05, 0), w), 0.1, 2)
+
+    report, (got,), (want,) = lower_and_run(PerInputFeature(), ((2, 16),), tmp_path)
+    (entry,) = compute_entries(report, "aten.mm")
+    assert not entry.delegated
+    assert entry.reason == ("weights are quantized per channel along axis 1, which is not the output features of this "
+                            "linear layer; Neutron takes one weight scale per output feature (or one per tensor)")
+    assert steps(got, want, 0.1) == 0  # the CPU runs the quantized model's own kernels
+
+
+def test_per_channel_weights_from_xnnpack_quantizer_are_exact(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    quantized = xnnpack_quantized(nn.Sequential(nn.Linear(16, 8, bias=False)), (torch.randn(2, 16),))
+    report, (got,), (want,) = lower_and_run(quantized, ((2, 16),), tmp_path)
+    (entry,) = compute_entries(report, "aten.mm")
+    assert entry.delegated, str(report)
+    from neutron_backend.verify import output_scales
+
+    (scale,) = output_scales(quantized)
+    assert steps(got, want, scale) <= 1  # one requantizing operator
