@@ -308,3 +308,55 @@ def test_per_channel_weights_from_xnnpack_quantizer_are_exact(tmp_path: Path) ->
 
     (scale,) = output_scales(quantized)
     assert steps(got, want, scale) <= 1  # one requantizing operator
+
+
+# -- a ViT attention block ---------------------------------------------------------------------------------------
+
+
+class ViTAttention(nn.Module):
+    """Multi-head self-attention as timm/torchvision ViTs write it: one qkv projection, unbind,
+    scaled_dot_product_attention, transpose + reshape, output projection."""
+
+    def __init__(self, dim: int = 64, heads: int = 4) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        x = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+# Requantizing operators on the longest path: qkv linear, q.k bmm, scale mul, softmax (SOFTMAX and, for the bmm
+# that needs zero point 0, RELU_0_TO_1), attention bmm, output linear: one step each (DESIGN.md §7).
+ATTENTION_MAX_STEPS = 7
+
+
+@pytest.mark.parametrize(("shape", "cpu"), [
+    ((1, 16, 64), {}),
+    # 4 x 4 heads x 256 x 256 scores exceed Neutron's softmax size (facts.md): only the softmax stays on the CPU.
+    ((4, 256, 64), {"aten._softmax.default": "total size = 1048576 > 524288"}),
+])
+def test_vit_attention_block_lowers_with_its_products_on_the_npu(shape, cpu, tmp_path: Path) -> None:
+    """Crashed in run_decompositions ("Cannot view a tensor with shape torch.Size([4, 256, 64]) and strides
+    (64, 256, 1)"); at smaller sizes the attention ran in float on the CPU and unbind's slices round-tripped."""
+    from neutron_backend.quantizer.calibration import quantize_model, random_batches
+    from neutron_backend.verify import output_scales
+
+    torch.manual_seed(0)
+    inputs = (torch.randn(shape),)
+    quantized = quantize_model(ViTAttention().eval(), inputs, calibration_batches=random_batches(inputs, 2),
+                               progress=False)
+    report, (got,), (want,) = lower_and_run(quantized, (shape,), tmp_path)
+    on_cpu = {e.target: e.reason for e in report.nodes if not e.delegated and not e.target.startswith(QDQ_PREFIX)}
+    assert on_cpu == cpu, str(report)
+    delegated = {e.target for e in report.nodes if e.delegated}
+    assert {"aten.addmm.default", "aten.bmm.default", "aten.select_copy.int"} <= delegated, str(report)
+    if not cpu:
+        assert "aten._softmax.default" in delegated and report.num_partitions == 1, str(report)
+    (scale,) = output_scales(quantized)
+    assert steps(got, want, scale) <= ATTENTION_MAX_STEPS
