@@ -37,7 +37,7 @@ from neutron_backend.delegation_options import CustomDelegationOptions
 from neutron_backend.fallback import ConversionFailure, try_partition
 from neutron_backend.ir.formats import FormatMap
 from neutron_backend.ops.base import Verdict, reject
-from neutron_backend.quantizer.quantizer import EXCLUDED_META_KEY
+from neutron_backend.quantizer.quantizer import EXCLUDED_META_KEY, SKIPPED_META_KEY
 from neutron_backend.report import DelegationReport, build_report
 
 logger = logging.getLogger(__name__)
@@ -270,17 +270,21 @@ class NeutronPartitioner(Partitioner):
         head = cluster.head
         # The quantizer leaves its reason in meta["custom"], which survives export and to_edge.
         excluded = head.meta.get("custom", {}).get(EXCLUDED_META_KEY)
+        operator = ops.lookup(head.target)
         if cluster.problem is not None:
             if excluded:
                 return reject(f"left in float by the quantizer configuration ({excluded})")
+            if operator is None:
+                return reject(_unsupported(head))
+            if skipped := head.meta.get("custom", {}).get(SKIPPED_META_KEY):
+                return reject(f"not quantized: {skipped}")
             value = head.meta.get("val")
             if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16, torch.float64):
                 return reject(f"not quantized: it computes in {value.dtype}, and NeutronQuantizer quantizes float32 "
                               "only; convert the model with .float() before quantizing it")
             return reject(cluster.problem)
-        operator = ops.lookup(head.target)
         if operator is None:
-            return reject(f"{target_name(head)} has no Neutron implementation in this backend")
+            return reject(_unsupported(head))
         if user_reason := self._excluded_by_user(head):
             return reject(user_reason)
         if shape_problem := _shape_problem([*flat_inputs(head), head, *cluster.fused]):
@@ -512,6 +516,11 @@ def has_portable_kernel(op: Any) -> bool:
     name, overload = ops.schema_key(op)
     base = name.split("::")[-1]
     return (f"{base}.out" if overload == "default" else f"{base}.{overload}_out") in _portable_kernels()
+
+
+def _unsupported(node: Node) -> str:
+    return (f"{target_name(node)} is not supported on Neutron (this backend has no NPU implementation of it), so it "
+            "runs on the CPU")
 
 
 def _shape_problem(nodes: Sequence[Node]) -> str | None:

@@ -360,3 +360,35 @@ def test_vit_attention_block_lowers_with_its_products_on_the_npu(shape, cpu, tmp
         assert "aten._softmax.default" in delegated and report.num_partitions == 1, str(report)
     (scale,) = output_scales(quantized)
     assert steps(got, want, scale) <= ATTENTION_MAX_STEPS
+
+
+# -- reasons say what happened -----------------------------------------------------------------------------------
+
+
+class NormThenAttention(nn.Module):
+    """A layer_norm (no NPU implementation) and a causal attention (left whole by the quantizer's rewrite, so
+    ExecuTorch decomposes it after quantization)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(16)
+        self.linear = nn.Linear(16, 16)
+
+    def forward(self, x):
+        y = self.linear(self.norm(x))
+        return F.scaled_dot_product_attention(y, y, y, is_causal=True)
+
+
+def test_unsupported_and_never_quantized_operators_say_why() -> None:
+    """Both said "not quantized ... quantize the model with NeutronQuantizer" for a model quantized with it."""
+    from conftest import partition_edge, quantized_edge
+
+    report = partition_edge(quantized_edge(NormThenAttention(), (torch.randn(1, 8, 16),)))
+    reasons = {e.target: e.reason for e in report.nodes if not e.delegated}
+    assert reasons["aten.native_layer_norm.default"] == (
+        "aten.native_layer_norm.default is not supported on Neutron (this backend has no NPU implementation of it), "
+        "so it runs on the CPU"), reasons
+    # The bmm comes from decomposing the attention after quantization; the quantizer's note follows it.
+    assert reasons["aten.bmm.default"] == ("not quantized: NeutronQuantizer has no rule for "
+                                           "aten.scaled_dot_product_attention.default and left it in float"), reasons
+    assert not any("quantize the model with NeutronQuantizer" in reason for reason in reasons.values()), reasons

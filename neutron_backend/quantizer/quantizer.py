@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 # traced or decomposed into, through to_edge), so the reason is mirrored to
 # node.meta["custom"][EXCLUDED_META_KEY] too.
 EXCLUDED_META_KEY = "neutron_quantizer_excluded"
+# Why the quantizer left a node in float although its configuration covers it (the partitioner reports it).
+SKIPPED_META_KEY = "neutron_quantizer_skipped"
 
 
 def _normalize_module_path(path: str) -> str:
@@ -230,14 +232,18 @@ class NeutronQuantizer(Quantizer):
                 continue
             kind = PATTERNS.get(node.target)
             if kind is None:
+                _record(node, SKIPPED_META_KEY, f"NeutronQuantizer has no rule for {node.target} and left it in "
+                                                "float")
                 continue
             config, reason = self._resolve(node)
             if config is None:
-                node.meta[EXCLUDED_META_KEY] = reason
-                node.meta.setdefault("custom", {})[EXCLUDED_META_KEY] = reason
+                _record(node, EXCLUDED_META_KEY, reason)
                 counts["excluded"] += 1
             elif kind.annotate(node, config, self._config_of):
                 counts["annotated"] += 1
+            else:
+                _record(node, SKIPPED_META_KEY, "NeutronQuantizer left it in float because an input or its output "
+                                                "is not a float32 tensor (it quantizes float32 values only)")
         counts["settled"] = settle_input_specs(model, self._config_of)
         self._warn_unmatched_node_names(model)
         logger.debug("NeutronQuantizer(%s): %s", self.target.name, counts)
@@ -264,4 +270,10 @@ class NeutronQuantizer(Quantizer):
                 raise ValueError(f"{node.name}: output is not a float32 tensor and cannot be quantized")
 
 
-__all__ = ["EXCLUDED_META_KEY", "NeutronQuantizer"]
+def _record(node: Node, key: str, reason: str) -> None:
+    """Leaves `reason` on the node, also in meta["custom"], which survives export and to_edge's decompositions."""
+    node.meta[key] = reason
+    node.meta.setdefault("custom", {})[key] = reason
+
+
+__all__ = ["EXCLUDED_META_KEY", "SKIPPED_META_KEY", "NeutronQuantizer"]
