@@ -276,12 +276,12 @@ class NeutronPartitioner(Partitioner):
                 return reject(f"left in float by the quantizer configuration ({excluded})")
             if operator is None:
                 return reject(_unsupported(head))
-            if skipped := head.meta.get("custom", {}).get(SKIPPED_META_KEY):
-                return reject(f"not quantized: {skipped}")
             value = head.meta.get("val")
             if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16, torch.float64):
                 return reject(f"not quantized: it computes in {value.dtype}, and NeutronQuantizer quantizes float32 "
                               "only; convert the model with .float() before quantizing it")
+            if skipped := head.meta.get("custom", {}).get(SKIPPED_META_KEY):
+                return reject(f"not quantized: {skipped}")
             return reject(cluster.problem)
         if operator is None:
             return reject(_unsupported(head))
