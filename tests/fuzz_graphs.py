@@ -5,8 +5,8 @@ registered Neutron operator (`BUILDERS`, keyed by registry name) with random par
 current value with an earlier one of the same shape, so the graphs are DAGs. Builders return None when the
 drawn shape cannot take the operator, and another operator is drawn.
 
-Randomness comes from a `Draw` (integers, choices, booleans): `HypothesisDraw` for tests/test_fuzz.py (so failures
-shrink) and `SeededDraw` for bench/fuzz_soak.py (so a failing graph is reproduced from its seed).
+Randomness comes from a `Draw` (integers, choices): `SeededDraw`, so a failing graph is reproduced from its seed
+(tests/test_fuzz.py draws fresh seeds each run, bench/fuzz_soak.py a range of them).
 
 `check_graph` is the property: quantizing and lowering never raise, and the .pte run on the host reproduces the
 quantized model within one output quantization step per requantizing operator (DESIGN.md §7), the host shim
@@ -54,22 +54,6 @@ class SeededDraw:
 
     def choice(self, options: Sequence[Any]) -> Any:
         return options[self._random.randrange(len(options))]
-
-
-class HypothesisDraw:
-    """Draws through hypothesis' `data.draw`, so failing graphs shrink."""
-
-    def __init__(self, data: Any) -> None:
-        from hypothesis import strategies
-
-        self._data = data
-        self._strategies = strategies
-
-    def integer(self, low: int, high: int) -> int:
-        return self._data.draw(self._strategies.integers(low, high))
-
-    def choice(self, options: Sequence[Any]) -> Any:
-        return options[self._data.draw(self._strategies.integers(0, len(options) - 1))]
 
 
 @dataclass
@@ -435,6 +419,8 @@ class Outcome:
     max_error_steps: float
     tolerance_steps: float
     delegated_targets: tuple[str, ...] = ()
+    # (target, reason) of every operator left on the CPU
+    cpu_reasons: tuple[tuple[str, str], ...] = ()
 
 
 def check_graph(case: FuzzCase, directory: Path) -> Outcome:
@@ -470,7 +456,8 @@ def check_graph(case: FuzzCase, directory: Path) -> Outcome:
     report = partitioner.report
     outcome = Outcome(report.num_partitions, sum(e.delegated for e in report.nodes if not _plumbing(e.target)),
                       sum(1 for e in report.nodes if not _plumbing(e.target)), result.max_error_steps, tolerance,
-                      tuple(sorted({e.target for e in report.nodes if e.delegated and not _plumbing(e.target)})))
+                      tuple(sorted({e.target for e in report.nodes if e.delegated and not _plumbing(e.target)})),
+                      tuple((e.target, e.reason) for e in report.nodes if not e.delegated and not _plumbing(e.target)))
     assert result.max_error_steps <= tolerance, f"{case}: {result} (tolerance {tolerance:.3f} steps)"
     if report.num_partitions:
         for sample in samples:
