@@ -9,7 +9,8 @@ Randomness comes from a `Draw` (integers, choices): `SeededDraw`, so a failing g
 (tests/test_fuzz.py draws fresh seeds each run, bench/fuzz_soak.py a range of them).
 
 `check_graph` is the property: quantizing and lowering never raise, and the .pte run on the host reproduces the
-quantized model within one output quantization step per requantizing operator (DESIGN.md §7), the host shim
+quantized model within one output quantization step per requantizing operator (LiteRT requantizes in fixed point, torch
+in float), the host shim
 matching the pure-Python emulator bit for bit.
 
 Every registered operator needs a builder here or a reason in `NOT_FUZZED`; tests/test_fuzz.py checks that, so a
@@ -339,7 +340,8 @@ def _range_scale(batches: list[torch.Tensor]) -> float:
 def error_budget(model: FuzzModel, calibration: list[torch.Tensor], sample: torch.Tensor) -> float:
     """The largest output error the per-op tolerance allows for `sample`, in the output's own units.
 
-    Every requantizing operator may be off by one step of its output scale (DESIGN.md §7); that error reaches the
+    Every requantizing operator may be off by one step of its output scale (fixed-point against float requantization);
+    that error reaches the
     output scaled by the model's local gain from that value on (the max row sum of |d output / d value|, by
     autograd on the float model at `sample`). Scales are over-estimated from the calibration ranges of the
     operator's output and inputs (operators sharing their input's qparams have its scale).

@@ -2,7 +2,7 @@
 
 NXP's converter is proprietary and not installable here, so these tests use TEST DOUBLES from
 tests/fake_converter/ (importable as `neutron_converter_SDK_25_06` & co. once that directory is on the path). The
-expected payload bytes are computed here from reference/facts.md ("Deployable payload"), not from the code under
+expected payload bytes are computed here from NXP's deployable payload layout, not from the code under
 test, and compared with what the double produced (recorded under $FAKE_NEUTRON_RECORD_DIR).
 """
 
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 
 FAKE_DIR = Path(__file__).parent / "fake_converter"
 
-# reference/facts.md, "Deployable payload": 16-byte-aligned sections header, microcode, weights, kernels.
+# NXP's deployable payload layout: 16-byte-aligned sections header, microcode, weights, kernels.
 ALIGN = 16
 CHANNELS_LAST, NO_FORMAT = 1, 0
 # A NeutronGraph with profile and debug outputs (the SDK_25_06 double) is payload version 1.

@@ -3,7 +3,7 @@ on the CPU with a reason, never delegated and wrong.
 
 Each case is hand-quantized (explicit quantize/dequantize pairs), lowered through the public API, run as a .pte and
 compared with the same module run in PyTorch, in output quantization steps: one step per requantizing operator is
-the tolerance (DESIGN.md §7).
+the tolerance (LiteRT requantizes in fixed point, torch in float).
 """
 
 from __future__ import annotations
@@ -332,13 +332,14 @@ class ViTAttention(nn.Module):
 
 
 # Requantizing operators on the longest path: qkv linear, q.k bmm, scale mul, softmax (SOFTMAX and, for the bmm
-# that needs zero point 0, RELU_0_TO_1), attention bmm, output linear: one step each (DESIGN.md §7).
+# that needs zero point 0, RELU_0_TO_1), attention bmm, output linear: one step each.
 ATTENTION_MAX_STEPS = 7
 
 
 @pytest.mark.parametrize(("shape", "cpu"), [
     ((1, 16, 64), {}),
-    # 4 x 4 heads x 256 x 256 scores exceed Neutron's softmax size (facts.md): only the softmax stays on the CPU.
+    # 4 x 4 heads x 256 x 256 scores exceed Neutron's softmax size limit (ops/softmax.py): only the softmax stays on
+    # the CPU.
     ((4, 256, 64), {"aten._softmax.default": "total size = 1048576 > 524288"}),
 ])
 def test_vit_attention_block_lowers_with_its_products_on_the_npu(shape, cpu, tmp_path: Path) -> None:

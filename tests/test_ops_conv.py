@@ -111,7 +111,7 @@ class StandaloneBatchNorm(nn.Module):
 
 
 def _warmed(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
-    """Batchnorm statistics far from identity (DESIGN.md §9: identity statistics make the fold trivial)."""
+    """Batchnorm statistics far from identity (identity statistics would make the fold trivial)."""
     torch.manual_seed(0)
     model.train()
     with torch.no_grad():

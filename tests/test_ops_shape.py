@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from conftest import entry_for, partition_edge, partition_model
 from executorch.exir import to_edge, to_edge_transform_and_lower
-from numerics import CALIBRATION_BATCHES, Fn, check_case, sample_inputs
+from numerics import CALIBRATION_BATCHES, Fn, HandQuantized, check_case, qdq, sample_inputs
 from torch import nn
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -353,27 +353,11 @@ def test_reflection_padding_sign(tmp_path: Path, caplog) -> None:
     assert result.max_error_steps <= 1.0, str(result)
 
 
-def _qdq(v: torch.Tensor, scale: float) -> torch.Tensor:
-    qd = torch.ops.quantized_decomposed
-    return qd.dequantize_per_tensor(qd.quantize_per_tensor(v, scale, 0, -128, 127, torch.int8), scale, 0, -128, 127,
-                                    torch.int8)
-
-
-class _HandQuantized(nn.Module):
+def _hand_report(fn, shape, scale: float = 0.01):
     """x -> int8 (0.01, 0) -> `fn` -> int8 (`scale`, 0) -> amax (compute, so the partition is not a lone no-op).
 
     NeutronQuantizer never produces these qparams (it shares them, and its shared observer sees a pad value)."""
-
-    def __init__(self, fn, scale: float = 0.01) -> None:
-        super().__init__()
-        self.fn, self.scale = fn, scale
-
-    def forward(self, x):
-        return _qdq(_qdq(self.fn(_qdq(x, 0.01)), self.scale).amax(-1), self.scale)
-
-
-def _hand_report(fn, shape, scale: float = 0.01):
-    model = _HandQuantized(fn, scale)
+    model = HandQuantized(lambda v: qdq(fn(v), scale, 0).amax(-1), (0.01, 0), (scale, 0))
     return partition_edge(to_edge(torch.export.export(model, (torch.randn(shape),))).exported_program())
 
 
