@@ -6,7 +6,16 @@ import math
 
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, QParamsContract, Verdict, arg
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    Layout,
+    NeutronOperator,
+    OpKind,
+    QParamsContract,
+    Verdict,
+    arg,
+)
 from neutron_backend.ops.edge import edge
 
 # Clamp bounds Neutron runs as an activation, with the TFLite activation each maps to.
@@ -78,14 +87,17 @@ _CONSTRAINTS = ("bounds (0, inf), (0, 6), (-1, 1) run as RELU, RELU6, RELU_N1_TO
                 "convolution or linear layer; (0, 1) as RELU_0_TO_1; other bounds need equal input/output qparams "
                 "(clamped in the integer domain)")
 OPERATORS = [
-    NeutronOperator(name="aten.relu.default", targets=(edge("aten.relu.default"),), kind=OpKind.ACTIVATION,
+    NeutronOperator(name="aten.relu.default", targets=(edge("aten.relu.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
                     constraints="fused into a preceding convolution or linear layer when it follows one",
                     check=_check, fusable=_fusable, convert=_convert,
                     qparams=_contract),
     NeutronOperator(name="aten.hardtanh.default", aliases=("relu6",), targets=(edge("aten.hardtanh.default"),),
-                    kind=OpKind.ACTIVATION, constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
+                    layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
+                    constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
                     qparams=_contract),
-    NeutronOperator(name="aten.clamp.default", targets=(edge("aten.clamp.default"),), kind=OpKind.ACTIVATION,
+    NeutronOperator(name="aten.clamp.default", targets=(edge("aten.clamp.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
                     constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
                     qparams=_contract),
 ]

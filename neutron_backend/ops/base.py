@@ -52,6 +52,14 @@ class QParamsContract(enum.Enum):
     FIXED_OUTPUT = "fixed output"  # the int8 kernel produces one output quantization (its check names it)
 
 
+class Layout(enum.Enum):
+    """How an operator affects format inference (neutron_backend.ir.formats)."""
+
+    CHANNELS_FIRST = "channels first"  # its activation input and output are images (NCHW in torch, NHWC in the IR)
+    CARRIES = "carries"  # same-rank inputs and output share one format (elementwise, cat, pads, reductions...)
+    BREAKS = "breaks"  # its output's format is its own (reshapes, permutes, matmuls): formatless unless forced
+
+
 class CheckContext(Protocol):
     """What a support check may ask about the graph around a node."""
 
@@ -98,6 +106,7 @@ class NeutronOperator:
     # ATen names (no namespace or overload) a user may write for this operator: those it decomposes from or one of
     # our passes rewrites into it ('linear' for addmm, 'div' for mul). operators_not_to_delegate matches them.
     aliases: tuple[str, ...] = ()
+    layout: Layout = Layout.BREAKS
     # How output qparams relate to input qparams; a function when it depends on the node (clamp's bounds).
     qparams: QParamsContract | Callable[[Node], QParamsContract] = QParamsContract.FREE
 

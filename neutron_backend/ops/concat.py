@@ -7,6 +7,7 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
     QParamsContract,
@@ -55,7 +56,8 @@ def _convert(node: Node, ctx) -> None:
 
 
 OPERATORS = [
-    NeutronOperator(name="aten.cat.default", targets=(edge("aten.cat.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.cat.default", targets=(edge("aten.cat.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=("all inputs and the output share qparams; along channels each input's channels "
                                  "are a multiple of num_macs unless force_delegate_cat"),
                     check=_check, check_target=_check_target, convert=_convert,

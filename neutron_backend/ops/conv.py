@@ -26,6 +26,7 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
     Verdict,
@@ -380,7 +381,7 @@ OPERATORS = [
         name="aten.convolution.default",
         targets=(edge("aten.convolution.default"),),
         aliases=("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"),
-        kind=OpKind.COMPUTE,
+        layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,
         constraints=("1D or 2D; static weights and bias; kernel, stride, dilation <= 4096; "
                      "kH * kW * ceil_to(Cin, num_macs) <= 65535 (Cin per group when grouped); groups = 1, depthwise "
                      "(also with a channel multiplier) or split into one conv per group; transposed: groups = 1, "

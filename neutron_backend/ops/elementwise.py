@@ -15,6 +15,7 @@ from neutron_backend.ir import channels_last_perm
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
     QParamsContract,
@@ -112,17 +113,22 @@ def _converter(op: str, options_type: str | None):
 _ARITHMETIC = "two tensors; alpha = 1; one input has the output's element count"
 _SELECTION = "two tensors; one input has the output's element count; both inputs and the output share qparams"
 OPERATORS = [
-    NeutronOperator(name="aten.add.Tensor", targets=(edge("aten.add.Tensor"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.add.Tensor", targets=(edge("aten.add.Tensor"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("ADD", "AddOptionsT")),
-    NeutronOperator(name="aten.sub.Tensor", targets=(edge("aten.sub.Tensor"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.sub.Tensor", targets=(edge("aten.sub.Tensor"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("SUB", "SubOptionsT")),
-    NeutronOperator(name="aten.mul.Tensor", aliases=("div",), targets=(edge("aten.mul.Tensor"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.mul.Tensor", aliases=("div",), targets=(edge("aten.mul.Tensor"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints="two tensors; one input has the output's element count", check=_check_operands,
                     convert=_converter("MUL", "MulOptionsT")),
-    NeutronOperator(name="aten.maximum.default", targets=(edge("aten.maximum.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.maximum.default", targets=(edge("aten.maximum.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_SELECTION, check=_check_selection, convert=_converter("MAXIMUM", None),
                     quantization="int8; both inputs and the output share one qparams", qparams=QParamsContract.SHARED),
-    NeutronOperator(name="aten.minimum.default", targets=(edge("aten.minimum.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.minimum.default", targets=(edge("aten.minimum.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_SELECTION, check=_check_selection, convert=_converter("MINIMUM", None),
                     quantization="int8; both inputs and the output share one qparams", qparams=QParamsContract.SHARED),
 ]

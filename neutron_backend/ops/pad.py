@@ -9,6 +9,7 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
     QParamsContract,
@@ -96,13 +97,13 @@ _NO_OP = "alone in a partition it is a no-op and stays on the CPU"
 OPERATORS = [
     NeutronOperator(name="aten.constant_pad_nd.default", aliases=("pad",),
                     targets=(edge("aten.constant_pad_nd.default"),),
-                    kind=OpKind.SHAPE,
+                    layout=Layout.CARRIES, kind=OpKind.SHAPE,
                     constraints=("non-negative pads; the pad value within the range of the input's qparams; "
                                  f"{_NO_OP}"),
                     check=_check_constant, convert=_convert_constant, quantization=_SHARED,
                     qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     *(NeutronOperator(name=f"aten.{name}.default", targets=(edge(f"aten.{name}.default"),), aliases=("pad",),
-                      kind=OpKind.SHAPE,
+                      layout=Layout.CARRIES, kind=OpKind.SHAPE,
                       constraints=f"non-negative pads (torch keeps each smaller than its dim); {_NO_OP}",
                       check=_check_pad_list, convert=_convert_reflection, quantization=_SHARED,
                       qparams=QParamsContract.OUTPUT_EQUALS_INPUT)

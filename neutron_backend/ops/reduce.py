@@ -11,6 +11,7 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
     QParamsContract,
@@ -100,18 +101,21 @@ _NO_OP = "a reduction over size-1 dims alone is a no-op"
 _SHARED = "int8; output shares the input's qparams"
 OPERATORS = [
     NeutronOperator(name="aten.mean.dim", aliases=("adaptive_avg_pool2d",),
-                    targets=(edge("aten.mean.dim"),), kind=OpKind.COMPUTE,
+                    targets=(edge("aten.mean.dim"),), layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
                     check=_check, no_op=_reduces_nothing, convert=_converter("MEAN"), quantization=_SHARED),
-    NeutronOperator(name="aten.sum.dim_IntList", targets=(edge("aten.sum.dim_IntList"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.sum.dim_IntList", targets=(edge("aten.sum.dim_IntList"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=("output shares the input's qparams, so a sum outside the input's range saturates "
                                  f"(as in the quantized PyTorch model); lowered as MEAN then MUL; {_NO_OP}"),
                     check=_check, no_op=_reduces_nothing, convert=_convert_sum, quantization=_SHARED),
-    NeutronOperator(name="aten.amax.default", targets=(edge("aten.amax.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.amax.default", targets=(edge("aten.amax.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
                     check=_check, no_op=_reduces_nothing, convert=_converter("REDUCE_MAX"),
                     quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
-    NeutronOperator(name="aten.amin.default", targets=(edge("aten.amin.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.amin.default", targets=(edge("aten.amin.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
                     check=_check, no_op=_reduces_nothing, convert=_converter("REDUCE_MIN"),
                     quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),

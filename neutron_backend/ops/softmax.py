@@ -7,6 +7,7 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
     QParamsContract,
@@ -97,7 +98,7 @@ def _check_target(node: Node, ctx: CheckContext) -> Verdict:
 
 OPERATORS = [
     NeutronOperator(name="aten._softmax.default", aliases=("softmax",),
-                    targets=(edge("aten._softmax.default"),), kind=OpKind.COMPUTE,
+                    targets=(edge("aten._softmax.default"),), layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=("over the channel dim (1) or the last dim, transposed when the value's layout puts "
                                  f"the other one last; C <= {MAX_CHANNELS}; product of other dims <= {MAX_OTHER}; "
                                  f"total <= {MAX_TOTAL}"),

@@ -21,6 +21,7 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
     QParamsContract,
@@ -180,8 +181,9 @@ _INT8 = "int8 input and output"
 
 def _operator(name: str, check: Callable[[Node, CheckContext], Verdict], convert: Callable[[Node, object], None],
               constraints: str = _INT8, **kwargs) -> NeutronOperator:
+    # Every unary operator here is elementwise: its output keeps its input's format.
     return NeutronOperator(name=name, targets=(edge(name),), kind=OpKind.COMPUTE, constraints=constraints,
-                           check=check, convert=convert, **kwargs)
+                           check=check, convert=convert, layout=Layout.CARRIES, **kwargs)
 
 
 OPERATORS = [
