@@ -107,8 +107,18 @@ class NeutronOperator:
     # our passes rewrites into it ('linear' for addmm, 'div' for mul). operators_not_to_delegate matches them.
     aliases: tuple[str, ...] = ()
     layout: Layout = Layout.BREAKS
+    # Requantizing steps its lowering has at most (each may round one output step away from torch's float
+    # requantization); None: one for an operator that computes, none for data movement (OpKind.SHAPE).
+    requantizations: int | None = None
     # How output qparams relate to input qparams; a function when it depends on the node (clamp's bounds).
     qparams: QParamsContract | Callable[[Node], QParamsContract] = QParamsContract.FREE
+
+    @property
+    def max_requantizations(self) -> int:
+        """How many requantizing steps the lowering has at most: the tolerance in output steps it may add."""
+        if self.requantizations is not None:
+            return self.requantizations
+        return 0 if self.kind is OpKind.SHAPE else 1
 
     def qparams_contract(self, node: Node) -> QParamsContract:
         """The qparams contract of this node."""

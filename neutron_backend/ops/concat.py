@@ -61,5 +61,6 @@ OPERATORS = [
                     constraints=("all inputs and the output share qparams; along channels each input's channels "
                                  "are a multiple of num_macs unless force_delegate_cat"),
                     check=_check, check_target=_check_target, convert=_convert,
-                    quantization="int8; all inputs and the output share one qparams", qparams=QParamsContract.SHARED),
+                    quantization="int8; all inputs and the output share one qparams",
+                    qparams=QParamsContract.SHARED, requantizations=0),
 ]

@@ -147,7 +147,7 @@ OPERATORS = [
     NeutronOperator(name="aten.max_pool2d_with_indices.default", aliases=("max_pool2d", "max_pool1d"),
                     targets=(edge("aten.max_pool2d_with_indices.default"), edge("aten.max_pool2d.default")),
                     layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,
-                    constraints="dilation 1; no ceil_mode; indices unused; stride <= 4096",
+                    constraints="dilation 1; no ceil_mode; indices unused; stride <= 4096", requantizations=0,
                     check=_check_max, check_target=_check_max_target, convert=_convert_max,
                     quantization="int8; output shares the input's qparams",
                     qparams=QParamsContract.OUTPUT_EQUALS_INPUT),

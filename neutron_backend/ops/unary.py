@@ -198,7 +198,7 @@ OPERATORS = [
     _operator("aten.hardsigmoid.default", _int8_only, _convert_hardsigmoid,
               constraints=f"{_INT8}; kept whole through decomposition when quantized; runs as ADD 3 with fused "
                           "RELU6, then an exact MUL by 1/6"),
-    _operator("aten.silu.default", _int8_only, _convert_silu,
+    _operator("aten.silu.default", _int8_only, _convert_silu, requantizations=2,
               constraints=f"{_INT8}; kept whole through decomposition when quantized; runs as LOGISTIC then MUL"),
     _operator("aten.leaky_relu.default", _int8_only, _unary("LEAKY_RELU", _leaky_relu_options),
               constraints=f"{_INT8}; any negative slope"),
