@@ -17,11 +17,11 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.export import ExportedProgram
 from torch.fx import Node
 
+# Data movement allowed between a dequantize and the compute node it feeds, declared with the shape operators.
+from neutron_backend.ops.shape import CONSTANT_MOVES
+
 _QUANTIZE = {"quantize_per_tensor", "quantize_per_channel"}
 _DEQUANTIZE = {"dequantize_per_tensor", "dequantize_per_channel"}
-# Data movement allowed between a dequantize and the compute node it feeds (the linear weight's permute, etc.).
-_AUXILIARY = {"permute_copy", "view_copy", "clone", "_clone_dim_order", "squeeze_copy", "unsqueeze_copy",
-              "t_copy", "expand_copy"}
 
 
 def op_name(node: Node) -> str:
@@ -227,7 +227,7 @@ class ClusterIndex:
         if memo is not None:
             return memo
         result = False
-        if node.op == "call_function" and op_name(node) in _AUXILIARY and len(node.users) == 1:
+        if node.op == "call_function" and op_name(node) in CONSTANT_MOVES and len(node.users) == 1:
             (user,) = node.users
             inputs = tensor_inputs(node)
             result = (not is_quantize(user) and len(inputs) == 1

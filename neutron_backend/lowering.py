@@ -33,6 +33,7 @@ from neutron_backend.compile_spec import NeutronCompileOptions
 from neutron_backend.ir import IRBuilder, channels_last_perm, to_channels_last_shape
 from neutron_backend.ir.formats import FormatMap
 from neutron_backend.ops.base import shape_of
+from neutron_backend.ops.shape import CONSTANT_MOVES
 from neutron_backend.payload import TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -166,7 +167,7 @@ class ConversionContext:
             raise LoweringError(f"input {index} of '{node.name}' is not a constant")
         tensor = value.detach()
         for step in reversed(chain):
-            tensor = _apply_data_movement(step, tensor)
+            tensor = CONSTANT_MOVES[op_name(step)](step, tensor)
         return tensor.contiguous().numpy(), qparams
 
     def int32_constant(self, base: str, values) -> int:
@@ -326,20 +327,6 @@ class ConversionContext:
                                                data=np.array(value, dtype=np.int8), **q)
             self.builder.add_operator("PADV2", [*inputs, constant], [result])
         return result
-
-
-def _apply_data_movement(node: Node, tensor: torch.Tensor) -> torch.Tensor:
-    """Applies an auxiliary node (permute, view, clone...) to a constant, so the IR gets the folded constant."""
-    name = node.target._schema.name.split("::")[-1]
-    if name == "permute_copy":
-        return tensor.permute(*node.args[1])
-    if name in ("view_copy", "expand_copy"):
-        return tensor.reshape(node.args[1]) if name == "view_copy" else tensor.expand(node.args[1])
-    if name == "t_copy":
-        return tensor.t()
-    if name in ("squeeze_copy", "unsqueeze_copy"):
-        return tensor.reshape(shape_of(node))
-    return tensor
 
 
 def _boundary_spec(node: Node, qparams: QParams, channels_last: bool, index: int) -> TensorSpec:

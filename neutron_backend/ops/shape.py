@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import torch
 from torch.fx import Node
 
 from neutron_backend.ops.base import (
@@ -118,6 +119,25 @@ def _convert_permute(node: Node, ctx) -> None:
 
 def _convert_clone(node: Node, ctx) -> None:
     ctx.alias(node, node.args[0])
+
+
+def _moved_like(node: Node, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(shape_of(node))
+
+
+# Data movement that may stand between a constant's dequantize and the operator using it (a linear weight's
+# permute, ...), with how each applies to the constant: ClusterIndex treats exactly these as auxiliary nodes, and
+# lowering folds them into the constant the IR gets.
+CONSTANT_MOVES: dict[str, Callable[[Node, torch.Tensor], torch.Tensor]] = {
+    "permute_copy": lambda node, tensor: tensor.permute(*node.args[1]),
+    "view_copy": _moved_like,
+    "squeeze_copy": _moved_like,
+    "unsqueeze_copy": _moved_like,
+    "t_copy": lambda node, tensor: tensor.t(),
+    "expand_copy": lambda node, tensor: tensor.expand(node.args[1]),
+    "clone": lambda node, tensor: tensor,
+    "_clone_dim_order": lambda node, tensor: tensor,
+}
 
 
 _CONSTRAINTS = "static shape; alone in a partition it is a no-op and stays on the CPU"
