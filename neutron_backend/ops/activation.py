@@ -17,6 +17,11 @@ from neutron_backend.ops.base import (
     arg,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.patterns import (
+    INDEPENDENT,
+    Clamp,
+    aten,
+)
 
 # Clamp bounds Neutron runs as an activation, with the TFLite activation each maps to.
 RELU_FORMS: dict[tuple[float, float], str] = {
@@ -87,16 +92,31 @@ _CONSTRAINTS = ("bounds (0, inf), (0, 6), (-1, 1) run as RELU, RELU6, RELU_N1_TO
                 "convolution or linear layer; (0, 1) as RELU_0_TO_1; other bounds need equal input/output qparams "
                 "(clamped in the integer domain)")
 OPERATORS = [
-    NeutronOperator(name="aten.relu.default", targets=(edge("aten.relu.default"),),
+    NeutronOperator(name="aten.relu.default",
+                    annotated_as={
+                        aten.relu.default: INDEPENDENT,
+                        aten.relu_.default: INDEPENDENT,
+                    }, targets=(edge("aten.relu.default"),),
                     layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
                     constraints="fused into a preceding convolution or linear layer when it follows one",
                     check=_check, fusable=_fusable, convert=_convert,
                     qparams=_contract),
-    NeutronOperator(name="aten.hardtanh.default", aliases=("relu6",), targets=(edge("aten.hardtanh.default"),),
+    NeutronOperator(name="aten.hardtanh.default",
+                    annotated_as={
+                        aten.relu6.default: INDEPENDENT,
+                        aten.hardtanh.default: Clamp(),
+                        aten.hardtanh_.default: Clamp(),
+                    }, aliases=("relu6",), targets=(edge("aten.hardtanh.default"),),
                     layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
                     constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
                     qparams=_contract),
-    NeutronOperator(name="aten.clamp.default", targets=(edge("aten.clamp.default"),),
+    NeutronOperator(name="aten.clamp.default",
+                    annotated_as={
+                        aten.clamp.default: Clamp(),
+                        aten.clamp_.default: Clamp(),
+                        aten.clamp_min.default: Clamp(),
+                        aten.clamp_max.default: Clamp(),
+                    }, targets=(edge("aten.clamp.default"),),
                     layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
                     constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
                     qparams=_contract),

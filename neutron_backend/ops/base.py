@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -107,6 +107,8 @@ class NeutronOperator:
     # our passes rewrites into it ('linear' for addmm, 'div' for mul). operators_not_to_delegate matches them.
     aliases: tuple[str, ...] = ()
     layout: Layout = Layout.BREAKS
+    # The pre-dispatch ATen operators NeutronQuantizer annotates into this one, with how (quantizer/patterns.py kinds).
+    annotated_as: Mapping[Any, Any] = field(default_factory=dict)
     # Requantizing steps its lowering has at most (each may round one output step away from torch's float
     # requantization); None: one for an operator that computes, none for data movement (OpKind.SHAPE).
     requantizations: int | None = None

@@ -17,6 +17,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.patterns import (
+    SharedAll,
+    aten,
+)
 
 
 def cat_dim(node: Node) -> int:
@@ -56,7 +60,10 @@ def _convert(node: Node, ctx) -> None:
 
 
 OPERATORS = [
-    NeutronOperator(name="aten.cat.default", targets=(edge("aten.cat.default"),),
+    NeutronOperator(name="aten.cat.default",
+                    annotated_as={
+                        aten.cat.default: SharedAll(),
+                    }, targets=(edge("aten.cat.default"),),
                     layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=("all inputs and the output share qparams; along channels each input's channels "
                                  "are a multiple of num_macs unless force_delegate_cat"),

@@ -36,6 +36,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.patterns import (
+    Weighted,
+    aten,
+)
 from neutron_backend.targets import NeutronTarget
 
 # Neutron's limits (facts.md, from NXP's Neutron documentation as applied by NXP's backend).
@@ -379,6 +383,12 @@ def _convert(node: Node, ctx) -> None:
 OPERATORS = [
     NeutronOperator(
         name="aten.convolution.default",
+         annotated_as={
+             aten.conv1d.default: Weighted(per_channel=True),
+             aten.conv2d.default: Weighted(per_channel=True),
+             aten.conv_transpose1d.default: Weighted(per_channel=True, transposed=True),
+             aten.conv_transpose2d.input: Weighted(per_channel=True, transposed=True),
+         },
         targets=(edge("aten.convolution.default"),),
         aliases=("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"),
         layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,

@@ -26,6 +26,11 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.patterns import (
+    INDEPENDENT,
+    SharedAll,
+    aten,
+)
 
 
 def _check_operands(node: Node, ctx: CheckContext) -> Verdict:
@@ -113,21 +118,36 @@ def _converter(op: str, options_type: str | None):
 _ARITHMETIC = "two tensors; alpha = 1; one input has the output's element count"
 _SELECTION = "two tensors; one input has the output's element count; both inputs and the output share qparams"
 OPERATORS = [
-    NeutronOperator(name="aten.add.Tensor", targets=(edge("aten.add.Tensor"),),
+    NeutronOperator(name="aten.add.Tensor",
+                    annotated_as={
+                        aten.add.Tensor: INDEPENDENT,
+                    }, targets=(edge("aten.add.Tensor"),),
                     layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("ADD", "AddOptionsT")),
-    NeutronOperator(name="aten.sub.Tensor", targets=(edge("aten.sub.Tensor"),),
+    NeutronOperator(name="aten.sub.Tensor",
+                    annotated_as={
+                        aten.sub.Tensor: INDEPENDENT,
+                    }, targets=(edge("aten.sub.Tensor"),),
                     layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("SUB", "SubOptionsT")),
-    NeutronOperator(name="aten.mul.Tensor", aliases=("div",), targets=(edge("aten.mul.Tensor"),),
+    NeutronOperator(name="aten.mul.Tensor",
+                    annotated_as={
+                        aten.mul.Tensor: INDEPENDENT,
+                    }, aliases=("div",), targets=(edge("aten.mul.Tensor"),),
                     layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints="two tensors; one input has the output's element count", check=_check_operands,
                     convert=_converter("MUL", "MulOptionsT")),
-    NeutronOperator(name="aten.maximum.default", targets=(edge("aten.maximum.default"),),
+    NeutronOperator(name="aten.maximum.default",
+                    annotated_as={
+                        aten.maximum.default: SharedAll(),
+                    }, targets=(edge("aten.maximum.default"),),
                     layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_SELECTION, check=_check_selection, convert=_converter("MAXIMUM", None),
                     quantization="int8; both inputs and the output share one qparams", qparams=QParamsContract.SHARED),
-    NeutronOperator(name="aten.minimum.default", targets=(edge("aten.minimum.default"),),
+    NeutronOperator(name="aten.minimum.default",
+                    annotated_as={
+                        aten.minimum.default: SharedAll(),
+                    }, targets=(edge("aten.minimum.default"),),
                     layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_SELECTION, check=_check_selection, convert=_converter("MINIMUM", None),
                     quantization="int8; both inputs and the output share one qparams", qparams=QParamsContract.SHARED),

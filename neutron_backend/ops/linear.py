@@ -15,6 +15,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.patterns import (
+    Weighted,
+    aten,
+)
 
 
 def _operands(node: Node) -> tuple[Node | None, Node, Node]:
@@ -108,7 +112,10 @@ def _convert(node: Node, ctx) -> None:
 
 _CONSTRAINTS = "rank-2 static weight (and bias); alpha = beta = 1; bias shape [P] or [1, P]"
 OPERATORS = [
-    NeutronOperator(name="aten.addmm.default", aliases=("linear",),
+    NeutronOperator(name="aten.addmm.default",
+                    annotated_as={
+                        aten.linear.default: Weighted(per_channel=False),
+                    }, aliases=("linear",),
                     targets=(edge("aten.addmm.default"),), kind=OpKind.COMPUTE,
                     constraints=_CONSTRAINTS, check=_check, macs=_macs, weight_args=(0, 2), convert=_convert,
                     quantization=("int8 activations; int8 symmetric weights, per tensor or per output feature; int32 "

@@ -20,6 +20,10 @@ from neutron_backend.ops.base import (
 )
 from neutron_backend.ops.edge import edge
 from neutron_backend.ops.shape import to_ir_order, value_layout
+from neutron_backend.quantizer.patterns import (
+    SHARED,
+    aten,
+)
 
 
 def _torch_paddings(node: Node) -> list[tuple[int, int]]:
@@ -95,7 +99,11 @@ def _convert_reflection(node: Node, ctx) -> None:
 _SHARED = "int8; output shares the input's qparams"
 _NO_OP = "alone in a partition it is a no-op and stays on the CPU"
 OPERATORS = [
-    NeutronOperator(name="aten.constant_pad_nd.default", aliases=("pad",),
+    NeutronOperator(name="aten.constant_pad_nd.default",
+                    annotated_as={
+                        aten.pad.default: SHARED,
+                        aten.constant_pad_nd.default: SHARED,
+                    }, aliases=("pad",),
                     targets=(edge("aten.constant_pad_nd.default"),),
                     layout=Layout.CARRIES, kind=OpKind.SHAPE,
                     constraints=("non-negative pads; the pad value within the range of the input's qparams; "
@@ -103,7 +111,7 @@ OPERATORS = [
                     check=_check_constant, convert=_convert_constant, quantization=_SHARED,
                     qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     *(NeutronOperator(name=f"aten.{name}.default", targets=(edge(f"aten.{name}.default"),), aliases=("pad",),
-                      layout=Layout.CARRIES, kind=OpKind.SHAPE,
+                      annotated_as={getattr(aten, name).default: SHARED}, layout=Layout.CARRIES, kind=OpKind.SHAPE,
                       constraints=f"non-negative pads (torch keeps each smaller than its dim); {_NO_OP}",
                       check=_check_pad_list, convert=_convert_reflection, quantization=_SHARED,
                       qparams=QParamsContract.OUTPUT_EQUALS_INPUT)

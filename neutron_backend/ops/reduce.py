@@ -20,6 +20,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.patterns import (
+    SHARED,
+    aten,
+)
 
 
 def reduced_dims(node: Node) -> list[int]:
@@ -100,21 +104,31 @@ def _convert_sum(node: Node, ctx) -> None:
 _NO_OP = "a reduction over size-1 dims alone is a no-op"
 _SHARED = "int8; output shares the input's qparams"
 OPERATORS = [
-    NeutronOperator(name="aten.mean.dim", aliases=("adaptive_avg_pool2d",),
+    NeutronOperator(name="aten.mean.dim", annotated_as={aten.mean.dim: SHARED}, aliases=("adaptive_avg_pool2d",),
                     targets=(edge("aten.mean.dim"),), layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
                     check=_check, no_op=_reduces_nothing, convert=_converter("MEAN"), quantization=_SHARED),
-    NeutronOperator(name="aten.sum.dim_IntList", targets=(edge("aten.sum.dim_IntList"),),
+    NeutronOperator(name="aten.sum.dim_IntList",
+                    annotated_as={
+                        aten.sum.dim_IntList: SHARED,
+                        aten.sum.default: SHARED,
+                    }, targets=(edge("aten.sum.dim_IntList"),),
                     layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=("output shares the input's qparams, so a sum outside the input's range saturates "
                                  f"(as in the quantized PyTorch model); lowered as MEAN then MUL; {_NO_OP}"),
                     check=_check, no_op=_reduces_nothing, convert=_convert_sum, quantization=_SHARED),
-    NeutronOperator(name="aten.amax.default", targets=(edge("aten.amax.default"),),
+    NeutronOperator(name="aten.amax.default",
+                    annotated_as={
+                        aten.amax.default: SHARED,
+                    }, targets=(edge("aten.amax.default"),),
                     layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
                     check=_check, no_op=_reduces_nothing, convert=_converter("REDUCE_MAX"),
                     quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
-    NeutronOperator(name="aten.amin.default", targets=(edge("aten.amin.default"),),
+    NeutronOperator(name="aten.amin.default",
+                    annotated_as={
+                        aten.amin.default: SHARED,
+                    }, targets=(edge("aten.amin.default"),),
                     layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
                     check=_check, no_op=_reduces_nothing, convert=_converter("REDUCE_MIN"),

@@ -25,6 +25,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.patterns import (
+    SHARED,
+    aten,
+)
 
 SUPPORTED_SCALES = (1, 2, 4, 8)
 
@@ -109,13 +113,19 @@ def _converter(op: str):
 _CONSTRAINTS = ("rank 4; static sizes; scale in {1, 2, 4, 8} per axis (out / in, or (out - 1) / (in - 1) with "
                 "align_corners); a given scale_factor must equal out / in")
 OPERATORS = [
-    NeutronOperator(name="aten.upsample_nearest2d.vec", targets=(edge("aten.upsample_nearest2d.vec"),),
+    NeutronOperator(name="aten.upsample_nearest2d.vec",
+                    annotated_as={
+                        aten.upsample_nearest2d.vec: SHARED,
+                    }, targets=(edge("aten.upsample_nearest2d.vec"),),
                     layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,
                     constraints=_CONSTRAINTS, check=_check, check_target=_check_target,
                     convert=_converter("RESIZE_NEAREST_NEIGHBOR"), no_op=_is_identity,
                     quantization="int8; output shares the input's qparams",
                     qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
-    NeutronOperator(name="aten.upsample_bilinear2d.vec", targets=(edge("aten.upsample_bilinear2d.vec"),),
+    NeutronOperator(name="aten.upsample_bilinear2d.vec",
+                    annotated_as={
+                        aten.upsample_bilinear2d.vec: SHARED,
+                    }, targets=(edge("aten.upsample_bilinear2d.vec"),),
                     layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,
                     constraints=f"{_CONSTRAINTS}; align_corners True or False",
                     check=_check, check_target=_check_target, convert=_converter("RESIZE_BILINEAR"),

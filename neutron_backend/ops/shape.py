@@ -20,6 +20,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.patterns import (
+    SHARED,
+    aten,
+)
 
 
 def to_ir_order(values: Sequence, channels_last: bool) -> list:
@@ -143,33 +147,58 @@ CONSTANT_MOVES: dict[str, Callable[[Node, torch.Tensor], torch.Tensor]] = {
 _CONSTRAINTS = "static shape; alone in a partition it is a no-op and stays on the CPU"
 _SHARED = "int8; output shares the input's qparams"
 OPERATORS = [
-    NeutronOperator(name="aten.view_copy.default", aliases=("view", "reshape", "flatten"),
+    NeutronOperator(name="aten.view_copy.default",
+                    annotated_as={
+                        aten.view.default: SHARED,
+                        aten.reshape.default: SHARED,
+                        aten.flatten.using_ints: SHARED,
+                    }, aliases=("view", "reshape", "flatten"),
                     targets=(edge("aten.view_copy.default"),), kind=OpKind.SHAPE,
                     constraints=_CONSTRAINTS, check=_check, convert=_convert_view,
                     quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
-    NeutronOperator(name="aten.permute_copy.default", aliases=("permute", "transpose"),
+    NeutronOperator(name="aten.permute_copy.default",
+                    annotated_as={
+                        aten.transpose.int: SHARED,
+                        aten.permute.default: SHARED,
+                    }, aliases=("permute", "transpose"),
                     targets=(edge("aten.permute_copy.default"),),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_permute,
                     quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
-    NeutronOperator(name="aten.clone.default", targets=(edge("aten.clone.default"),
+    NeutronOperator(name="aten.clone.default",
+                    annotated_as={
+                        aten.clone.default: SHARED,
+                        aten.dropout.default: SHARED,
+                    }, targets=(edge("aten.clone.default"),
                                                         edge("dim_order_ops._clone_dim_order.default")),
                     layout=Layout.CARRIES, kind=OpKind.SHAPE,
                     constraints=_CONSTRAINTS, check=_check, convert=_convert_clone,
                     quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
-    NeutronOperator(name="aten.slice_copy.Tensor", aliases=("slice", "narrow"),
+    NeutronOperator(name="aten.slice_copy.Tensor",
+                    annotated_as={
+                        aten.slice.Tensor: SHARED,
+                        aten.narrow.default: SHARED,
+                    }, aliases=("slice", "narrow"),
                     targets=(edge("aten.slice_copy.Tensor"),), layout=Layout.CARRIES, kind=OpKind.SHAPE,
                     constraints=f"step 1; {_CONSTRAINTS}", check=_check_slice,
                     convert=_convert_slice, quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
-    NeutronOperator(name="aten.select_copy.int", aliases=("select",),
+    NeutronOperator(name="aten.select_copy.int", annotated_as={aten.select.int: SHARED}, aliases=("select",),
                     targets=(edge("aten.select_copy.int"),), kind=OpKind.SHAPE,
                     constraints=_CONSTRAINTS, check=_check, convert=_convert_select,
                     quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
-    NeutronOperator(name="aten.squeeze_copy.dims", aliases=("squeeze",),
+    NeutronOperator(name="aten.squeeze_copy.dims",
+                    annotated_as={
+                        aten.squeeze.default: SHARED,
+                        aten.squeeze.dim: SHARED,
+                        aten.squeeze.dims: SHARED,
+                    }, aliases=("squeeze",),
                     targets=(edge("aten.squeeze_copy.dims"), edge("aten.squeeze_copy.dim"),
                              edge("aten.squeeze_copy.default")),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_reshape,
                     quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
-    NeutronOperator(name="aten.unsqueeze_copy.default", aliases=("unsqueeze",),
+    NeutronOperator(name="aten.unsqueeze_copy.default",
+                    annotated_as={
+                        aten.unsqueeze.default: SHARED,
+                    }, aliases=("unsqueeze",),
                     targets=(edge("aten.unsqueeze_copy.default"),),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_reshape,
                     quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),

@@ -17,6 +17,14 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.config import (
+    SOFTMAX_SCALE,
+    SOFTMAX_ZERO_POINT,
+)
+from neutron_backend.quantizer.patterns import (
+    FixedOutput,
+    aten,
+)
 
 MAX_CHANNELS = 2040
 MAX_OTHER = 4096
@@ -97,7 +105,11 @@ def _check_target(node: Node, ctx: CheckContext) -> Verdict:
 
 
 OPERATORS = [
-    NeutronOperator(name="aten._softmax.default", aliases=("softmax",),
+    NeutronOperator(name="aten._softmax.default",
+                    annotated_as={
+                        aten.softmax.int: FixedOutput(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT,
+                                                      zero_point_0_scale=2 * SOFTMAX_SCALE),
+                    }, aliases=("softmax",),
                     targets=(edge("aten._softmax.default"),), layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=("over the channel dim (1) or the last dim, transposed when the value's layout puts "
                                  f"the other one last; C <= {MAX_CHANNELS}; product of other dims <= {MAX_OTHER}; "

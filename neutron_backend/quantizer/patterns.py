@@ -1,6 +1,7 @@
-"""Which ATen ops the Neutron quantizer annotates, and how: one table, `PATTERNS`.
+"""How the Neutron quantizer annotates ATen ops: the annotation kinds, and `patterns()`, the table it reads.
 
-Each entry maps an op target of the exported (pre-dispatch ATen) graph to an annotation kind. A kind
+Each operator declares which targets of the exported (pre-dispatch ATen) graph it is annotated as, with their
+annotation kind (`NeutronOperator.annotated_as` in neutron_backend/ops); `patterns()` collects them. A kind
 annotates one anchor node so that after `convert_pt2e` it is a QDQ cluster: its tensor inputs come from
 dequantize and its output goes to quantize. Ops not in the table are left in float.
 """
@@ -8,6 +9,7 @@ dequantize and its output goes to quantize. Ops not in the table are left in flo
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -26,12 +28,6 @@ from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 from neutron_backend.quantizer.config import (
     BIAS_QMAX,
     BIAS_QMIN,
-    SIGMOID_SCALE,
-    SIGMOID_ZERO_POINT,
-    SOFTMAX_SCALE,
-    SOFTMAX_ZERO_POINT,
-    TANH_SCALE,
-    TANH_ZERO_POINT,
     NeutronQuantizationConfig,
     fixed_qparams_spec,
 )
@@ -303,89 +299,22 @@ class Slope:
 AnnotationKind = (Weighted | Independent | SharedWithInput | SharedAll | Clamp | FixedOutput | SymmetricInputs
                   | Slope)
 
-_SHARED = SharedWithInput()
-_INDEPENDENT = Independent()
+SHARED = SharedWithInput()
+INDEPENDENT = Independent()
 
-PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
-    aten.conv1d.default: Weighted(per_channel=True),
-    aten.conv2d.default: Weighted(per_channel=True),
-    aten.conv_transpose1d.default: Weighted(per_channel=True, transposed=True),
-    aten.conv_transpose2d.input: Weighted(per_channel=True, transposed=True),
-    aten.linear.default: Weighted(per_channel=False),
-    aten.relu.default: _INDEPENDENT,
-    aten.relu_.default: _INDEPENDENT,
-    aten.relu6.default: _INDEPENDENT,
-    aten.hardtanh.default: Clamp(),
-    aten.hardtanh_.default: Clamp(),
-    aten.clamp.default: Clamp(),
-    aten.clamp_.default: Clamp(),
-    aten.clamp_min.default: Clamp(),
-    aten.clamp_max.default: Clamp(),
-    # Unary activations and math (neutron_backend/ops/unary.py); in-place variants as export produces them.
-    aten.sigmoid.default: FixedOutput(SIGMOID_SCALE, SIGMOID_ZERO_POINT),
-    aten.sigmoid_.default: FixedOutput(SIGMOID_SCALE, SIGMOID_ZERO_POINT),
-    aten.tanh.default: FixedOutput(TANH_SCALE, TANH_ZERO_POINT),
-    aten.tanh_.default: FixedOutput(TANH_SCALE, TANH_ZERO_POINT),
-    aten.hardswish.default: _INDEPENDENT,
-    aten.hardswish_.default: _INDEPENDENT,
-    aten.hardsigmoid.default: _INDEPENDENT,
-    aten.hardsigmoid_.default: _INDEPENDENT,
-    aten.silu.default: _INDEPENDENT,
-    aten.silu_.default: _INDEPENDENT,
-    aten.leaky_relu.default: _INDEPENDENT,
-    aten.leaky_relu_.default: _INDEPENDENT,
-    aten.prelu.default: Slope(),
-    aten.abs.default: _INDEPENDENT,
-    aten.abs_.default: _INDEPENDENT,
-    aten.neg.default: _INDEPENDENT,
-    aten.neg_.default: _INDEPENDENT,
-    aten.exp.default: _INDEPENDENT,
-    aten.exp_.default: _INDEPENDENT,
-    aten.log.default: _INDEPENDENT,
-    aten.log_.default: _INDEPENDENT,
-    aten.rsqrt.default: _INDEPENDENT,
-    aten.rsqrt_.default: _INDEPENDENT,
-    aten.add.Tensor: _INDEPENDENT,
-    aten.sub.Tensor: _INDEPENDENT,
-    # Inputs observed (each follows its producer, see settle_input_specs), not NXP's fixed (1/256, 0): measured
-    # in bench/results/mul_qparams.md.
-    aten.mul.Tensor: _INDEPENDENT,
-    aten.maximum.default: SharedAll(),
-    aten.minimum.default: SharedAll(),
-    aten.bmm.default: SymmetricInputs(),
-    aten.transpose.int: _SHARED,
-    aten.max_pool2d.default: _SHARED,
-    aten.avg_pool2d.default: _SHARED,
-    aten.adaptive_avg_pool2d.default: _SHARED,
-    aten.mean.dim: _SHARED,
-    # Reductions and data movement keep the input's qparams (a sum beyond the input's range saturates).
-    aten.sum.dim_IntList: _SHARED,
-    aten.sum.default: _SHARED,
-    aten.amax.default: _SHARED,
-    aten.amin.default: _SHARED,
-    aten.slice.Tensor: _SHARED,
-    aten.narrow.default: _SHARED,
-    aten.select.int: _SHARED,
-    aten.squeeze.default: _SHARED,
-    aten.squeeze.dim: _SHARED,
-    aten.squeeze.dims: _SHARED,
-    aten.unsqueeze.default: _SHARED,
-    aten.pad.default: _SHARED,
-    aten.constant_pad_nd.default: _SHARED,
-    aten.reflection_pad1d.default: _SHARED,
-    aten.reflection_pad2d.default: _SHARED,
-    aten.upsample_nearest2d.vec: _SHARED,
-    aten.upsample_bilinear2d.vec: _SHARED,
-    aten.view.default: _SHARED,
-    aten.reshape.default: _SHARED,
-    aten.flatten.using_ints: _SHARED,
-    aten.permute.default: _SHARED,
-    aten.clone.default: _SHARED,
-    # Eval-mode dropout (e.g. before a classifier) is exported as aten.dropout and becomes a clone in edge.
-    aten.dropout.default: _SHARED,
-    aten.cat.default: SharedAll(),
-    aten.softmax.int: FixedOutput(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, zero_point_0_scale=2 * SOFTMAX_SCALE),
-}
+@functools.cache
+def patterns() -> dict[torch._ops.OpOverload, AnnotationKind]:
+    """How NeutronQuantizer annotates each pre-dispatch ATen operator: read from the operator declarations
+    (`NeutronOperator.annotated_as` in neutron_backend/ops), so an operator's annotation lives with its rules."""
+    from neutron_backend import ops
+
+    table: dict[torch._ops.OpOverload, AnnotationKind] = {}
+    for operator in ops.operators():
+        for target, kind in operator.annotated_as.items():
+            if target in table:
+                raise RuntimeError(f"{target} is annotated by two operator declarations, {operator.name} and another")
+            table[target] = kind
+    return table
 
 
 # -- input requirements met at the producer --------------------------------------------------------------------
@@ -438,7 +367,7 @@ def _symmetric_form(producer: Node, spec: QuantizationSpecBase,
     if isinstance(spec, FixedQParamsQuantizationSpec):
         if spec.zero_point == 0:
             return spec
-        kind = PATTERNS.get(producer.target)
+        kind = patterns().get(producer.target)
         if isinstance(kind, FixedOutput) and kind.zero_point_0_scale is not None:
             # softmax's [0, 1) at (1/256, -128) -> the same range at (1/128, 0).
             return dataclasses.replace(spec, scale=kind.zero_point_0_scale, zero_point=0)
@@ -485,12 +414,12 @@ def settle_input_specs(model: GraphModule, config_of: ConfigOf) -> int:
     annotated = [node for node in model.graph.nodes if is_annotated(node)]
     changed = 0
     for node in annotated:
-        if isinstance(PATTERNS.get(node.target), SymmetricInputs):
+        if isinstance(patterns().get(node.target), SymmetricInputs):
             for arg in list(node.meta[Q_ANNOTATION_KEY].input_qspec_map):
                 changed += _require_at_producer(node, arg)
     for node in annotated:
         config = config_of(node)
-        if config is None or isinstance(PATTERNS.get(node.target), (SharedAll, SymmetricInputs)):
+        if config is None or isinstance(patterns().get(node.target), (SharedAll, SymmetricInputs)):
             continue
         input_map = node.meta[Q_ANNOTATION_KEY].input_qspec_map
         for arg, spec in list(input_map.items()):

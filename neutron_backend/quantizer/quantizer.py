@@ -11,7 +11,7 @@ from torchao.quantization.pt2e.quantizer import Quantizer
 from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
 from neutron_backend.quantizer.config import NeutronQuantizationConfig, get_neutron_quantization_config
-from neutron_backend.quantizer.patterns import PATTERNS, is_annotated, is_float_tensor, settle_input_specs
+from neutron_backend.quantizer.patterns import is_annotated, is_float_tensor, patterns, settle_input_specs
 from neutron_backend.targets import NeutronTarget, get_target
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,8 @@ class NeutronQuantizer(Quantizer):
     After calibration and `convert_pt2e`, every supported compute node is a QDQ cluster: activations int8
     per-tensor affine, conv weights int8 symmetric per-channel, linear weights int8 symmetric per-tensor,
     biases int32 with scale s_in * s_w, relu/relu6 fused into the preceding conv/linear. The supported ops and
-    how each is annotated are the table `neutron_backend.quantizer.patterns.PATTERNS`.
+    how each is annotated are declared with each operator (`NeutronOperator.annotated_as`, read by
+    `neutron_backend.quantizer.patterns.patterns()`).
 
     Configuration precedence for a node: `set_node_name`, then `set_module_name` (innermost matching module
     first), then `set_module_type` (innermost first), then `set_global`. A None configuration leaves the node in
@@ -230,7 +231,7 @@ class NeutronQuantizer(Quantizer):
         for node in model.graph.nodes:
             if node.op != "call_function" or is_annotated(node):
                 continue
-            kind = PATTERNS.get(node.target)
+            kind = patterns().get(node.target)
             if kind is None:
                 _record(node, SKIPPED_META_KEY, f"NeutronQuantizer has no rule for {node.target} and left it in "
                                                 "float")
