@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from cross_quantizer import QUANTIZERS, check, draw, operator_names
 
+# 12 lowerings through the host runtime: slow, still run in CI.
+pytestmark = pytest.mark.slow
 GRAPHS_PER_QUANTIZER = 4
 # (seed, operator, quantizer) of cases that once failed, with what went wrong.
 REGRESSIONS: dict[tuple[int, str, str], str] = {}

@@ -24,6 +24,8 @@ from neutron_backend.partitioner import NeutronPartitioner
 from neutron_backend.report import DelegationReport
 from neutron_backend.runtime import load_pte
 
+# About 20 lowerings (a few seconds each): slow, still run in CI.
+pytestmark = pytest.mark.slow
 QDQ_PREFIX = "quantized_decomposed."
 IN_QPARAMS = (0.05, 3)
 OTHER_QPARAMS = (0.02, -5)
