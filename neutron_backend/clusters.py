@@ -17,11 +17,12 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.export import ExportedProgram
 from torch.fx import Node
 
+# Data movement allowed between a dequantize and the compute node it feeds, declared with the shape operators.
+from neutron_backend.ops.base import QParams
+from neutron_backend.ops.shape import CONSTANT_MOVES
+
 _QUANTIZE = {"quantize_per_tensor", "quantize_per_channel"}
 _DEQUANTIZE = {"dequantize_per_tensor", "dequantize_per_channel"}
-# Data movement allowed between a dequantize and the compute node it feeds (the linear weight's permute, etc.).
-_AUXILIARY = {"permute_copy", "view_copy", "clone", "_clone_dim_order", "squeeze_copy", "unsqueeze_copy",
-              "t_copy", "expand_copy"}
 
 
 def op_name(node: Node) -> str:
@@ -59,52 +60,12 @@ def is_getitem(node: Any) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and node.target is operator.getitem
 
 
-def flat_inputs(node: Node) -> list[Node]:
-    """The node's tensor arguments in argument order, list arguments flattened, duplicates kept."""
-    found: list[Node] = []
-
-    def visit(value: Any) -> None:
-        if isinstance(value, Node):
-            found.append(value)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                visit(item)
-
-    visit(node.args)
-    visit(tuple(node.kwargs.values()))
-    return found
-
-
 def target_name(node: Node) -> str:
     """A readable operator name, e.g. 'aten.convolution.default'."""
     schema = getattr(node.target, "_schema", None)
     if schema is None:
         return getattr(node.target, "__name__", str(node.target))
     return f"{schema.name.replace('::', '.')}.{schema.overload_name or 'default'}"
-
-
-@dataclass(frozen=True)
-class QParams:
-    """Quantization parameters read from a quantize/dequantize node."""
-
-    scale: float | tuple[float, ...] | None  # None: per-channel values not known while partitioning a fake program
-    zero_point: int | tuple[int, ...] | None
-    qmin: int
-    qmax: int
-    dtype: torch.dtype
-    axis: int | None = None
-
-    @property
-    def per_channel(self) -> bool:
-        return self.axis is not None
-
-    @property
-    def symmetric(self) -> bool:
-        """True when every zero point is 0 (or, for unknown per-channel values, when the range is symmetric)."""
-        if self.zero_point is None:
-            return self.qmin == -self.qmax
-        zero_points = self.zero_point if isinstance(self.zero_point, tuple) else (self.zero_point,)
-        return all(z == 0 for z in zero_points)
 
 
 def tensor_inputs(node: Node) -> list[Node]:
@@ -227,7 +188,7 @@ class ClusterIndex:
         if memo is not None:
             return memo
         result = False
-        if node.op == "call_function" and op_name(node) in _AUXILIARY and len(node.users) == 1:
+        if node.op == "call_function" and op_name(node) in CONSTANT_MOVES and len(node.users) == 1:
             (user,) = node.users
             inputs = tensor_inputs(node)
             result = (not is_quantize(user) and len(inputs) == 1

@@ -8,11 +8,13 @@ Operators in `operators_not_to_delegate` are named, not matched by node name: `"
 `"aten.add.Tensor"`, `"aten.max_pool2d"`, `"add"` (namespace defaults to `aten`). Names are checked against
 the operators registered in torch; an unknown one is an error suggesting the closest known names.
 
-Edge lowering renames some operators (`max_pool2d` becomes `max_pool2d_with_indices`, `view` becomes
-`view_copy`, `linear` becomes `addmm`/`mm`, ...). A user who names the ATen operator means the edge operator
-it becomes, so a name given without an overload also matches the renamed edge operators listed in
-`DECOMPOSITION_ALIASES`. A name given with an overload matches exactly that overload and no alias
-(overloads do not carry over through a decomposition).
+Edge lowering and our passes rename some operators (`max_pool2d` becomes `max_pool2d_with_indices`, `view`
+becomes `view_copy`, `linear` becomes `addmm`/`mm`, `div` by a constant becomes `mul`, ...). A user who names
+the ATen operator means the edge operator it becomes, so a name given without an overload also matches the
+registered operators that declare it among their `aliases` (neutron_backend.ops), unless the node is known to
+come from another spelling of that operator (its `torch_fn` origin: a `mul` written as `mul` is not a `div`). A
+name given with an overload matches exactly that overload and no alias (overloads do not carry over through a
+decomposition).
 """
 
 from __future__ import annotations
@@ -28,39 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from neutron_backend.errors import NeutronConfigError
 from neutron_backend.targets import NeutronTarget, UnknownTargetError, get_target
 
 if TYPE_CHECKING:
     from executorch.exir.backend.compile_spec_schema import CompileSpec
 
-
-class NeutronConfigError(ValueError):
-    """Raised for an invalid Neutron configuration: the message names the bad value and the valid choices."""
-
-
-# ATen operator (named without an overload) -> the edge operators ExecuTorch's decompositions turn it into.
-DECOMPOSITION_ALIASES: Mapping[str, tuple[str, ...]] = {
-    "max_pool2d": ("max_pool2d_with_indices",),
-    "conv1d": ("convolution",),
-    "conv2d": ("convolution",),
-    "conv_transpose1d": ("convolution",),
-    "conv_transpose2d": ("convolution",),
-    "linear": ("addmm", "mm"),
-    "softmax": ("_softmax",),
-    "log_softmax": ("_log_softmax",),
-    "relu6": ("hardtanh",),
-    "view": ("view_copy",),
-    "reshape": ("view_copy",),
-    "flatten": ("view_copy",),
-    "permute": ("permute_copy",),
-    "transpose": ("permute_copy",),
-    "squeeze": ("squeeze_copy",),
-    "unsqueeze": ("unsqueeze_copy",),
-    "slice": ("slice_copy",),
-    "narrow": ("slice_copy",),
-    "select": ("select_copy",),
-    "pad": ("constant_pad_nd", "reflection_pad1d", "reflection_pad2d"),
-}
 
 _DEFAULT_NAMESPACE = "aten"
 # Prefixes users copy from Python code or printed graphs; the operator name follows them.
@@ -110,13 +85,14 @@ class OperatorName:
         base = f"{self.namespace}::{self.name}"
         return base if self.overload is None else f"{base}.{self.overload}"
 
-    def matches(self, op: object) -> bool:
+    def matches(self, op: object, origin: str | None = None) -> bool:
         """Returns whether `op` (an edge `EdgeOpOverload` or a torch `OpOverload`) is this operator.
 
         True when the namespaces and base names are equal and this name's overload is None or equal to the
-        op's ('default' for the unnamed overload). An overload-less ATen name also matches the edge operators
-        it is renamed to by decomposition (`DECOMPOSITION_ALIASES`). Anything without an operator schema
-        (e.g. `operator.getitem`) never matches.
+        op's ('default' for the unnamed overload). An overload-less ATen name also matches the registered operator
+        declaring it as an alias, unless `origin` (the torch function the node was written as, see `origin_of`)
+        is another spelling of that operator. Anything without an operator schema (e.g. `operator.getitem`)
+        never matches.
         """
         schema = getattr(op, "_schema", None)
         if schema is None:
@@ -126,11 +102,31 @@ class OperatorName:
             return False
         if name == self.name:
             return self.overload is None or self.overload == (schema.overload_name or "default")
-        return (
-            self.overload is None
-            and namespace == _DEFAULT_NAMESPACE
-            and name in DECOMPOSITION_ALIASES.get(self.name, ())
-        )
+        if self.overload is not None or namespace != _DEFAULT_NAMESPACE:
+            return False
+        from neutron_backend import ops
+
+        operator = ops.lookup(op)
+        aliases = () if operator is None else operator.aliases
+        if self.name not in aliases:
+            return False
+        return origin is None or origin == self.name or origin not in {*aliases, name}
+
+    def would_match(self) -> list[str]:
+        """The registered edge operators this name stands for (itself, or those declaring it as an alias)."""
+        from neutron_backend import ops
+
+        return [operator.name for operator in ops.operators()
+                if any(self.matches(target) for target in operator.targets)]
+
+
+def origin_of(node: Any) -> str | None:
+    """The torch function a node was written as (`max_pool1d` for the max_pool2d_with_indices it became), from the
+    `torch_fn` metadata export records; None when unknown."""
+    torch_fn = getattr(node, "meta", {}).get("torch_fn")
+    if not torch_fn or len(torch_fn) < 2 or not isinstance(torch_fn[1], str):
+        return None
+    return torch_fn[1].rsplit(".", 1)[-1]
 
 
 def _split_operator_text(text: str, namespaces: frozenset[str]) -> tuple[str, str, str | None]:

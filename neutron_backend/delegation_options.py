@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from neutron_backend.compile_spec import NeutronConfigError
+from neutron_backend.errors import NeutronConfigError
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from neutron_backend.compile_spec import NeutronCompileOptions
 from neutron_backend.ir import IRBuilder, channels_last_perm, to_channels_last_shape
 from neutron_backend.ir.formats import FormatMap
 from neutron_backend.ops.base import shape_of
+from neutron_backend.ops.shape import CONSTANT_MOVES
 from neutron_backend.payload import TensorSpec
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ class ConversionContext:
         self.index = ClusterIndex(program, ops.is_fusable)
         self.formats = FormatMap(program.graph)
         self.values: dict[Node, _Value] = {}
+        # Quantize nodes whose qparams differ from the value they quantize (a value with several quantize users):
+        # requantized inside the IR when first used.
+        self._to_requantize: dict[Node, _Value] = {}
         self._transposed: dict[tuple[int, bool], int] = {}
         self._names: set[str] = set()
 
@@ -163,7 +167,7 @@ class ConversionContext:
             raise LoweringError(f"input {index} of '{node.name}' is not a constant")
         tensor = value.detach()
         for step in reversed(chain):
-            tensor = _apply_data_movement(step, tensor)
+            tensor = CONSTANT_MOVES[op_name(step)](step, tensor)
         return tensor.contiguous().numpy(), qparams
 
     def int32_constant(self, base: str, values) -> int:
@@ -177,6 +181,8 @@ class ConversionContext:
 
     def value_of(self, source: Node) -> _Value:
         while source not in self.values:
+            if source in self._to_requantize:
+                return self._requantized(source)
             if is_dequantize(source) and self.index.constants.is_constant(source.args[0]):
                 return self._constant_value(source)
             if is_dequantize(source) or is_quantize(source):
@@ -260,21 +266,45 @@ class ConversionContext:
         tensor = self.new_tensor(node.name, ir_shape, qparams)
         value = _Value(tensor, channels_last and len(shape) >= 3, flattened_from)
         self.values[node] = value
-        cluster = self.index.cluster_of.get(node)
-        if cluster is not None and node is cluster.head:
-            for member in [*cluster.fused, *cluster.getitems, *cluster.quantized_outputs]:
-                self.values[member] = value
+        self._bind_cluster_outputs(node, value)
         return tensor
 
     def alias(self, node: Node, source: Node) -> None:
         """Makes `node` (a copy such as clone) share the IR tensor of `source`."""
         value = self.value_of(source)
         self.values[node] = value
-        cluster = self.index.cluster_of.get(node)
-        if cluster is not None and node is cluster.head:
-            for member in [*cluster.fused, *cluster.getitems, *cluster.quantized_outputs]:
-                self.values[member] = value
+        self._bind_cluster_outputs(node, value)
 
+    def _bind_cluster_outputs(self, node: Node, value: _Value) -> None:
+        """Gives the value of a cluster's head to its fused activations, getitems and quantize nodes; a quantize
+        with other qparams than the value's (one of several quantize users) gets a requantized copy instead."""
+        cluster = self.index.cluster_of.get(node)
+        if cluster is None or node is not cluster.head:
+            return
+        for member in [*cluster.fused, *cluster.getitems]:
+            self.values[member] = value
+        scale, zero_point = self.builder.tensor_quantization(value.tensor)
+        for quantize in cluster.quantized_outputs:
+            q = read_qparams(quantize, self.index.constants)
+            if np.float32(q.scale) == np.float32(scale) and q.zero_point == zero_point:
+                self.values[quantize] = value
+            else:
+                self._to_requantize[quantize] = value
+
+    def is_requantized_on_use(self, node: Node) -> bool:
+        """Whether `node` is a quantize into other qparams than its value's, converted where it is first used."""
+        return node in self._to_requantize
+
+    def _requantized(self, quantize: Node) -> _Value:
+        """The value before `quantize` requantized into its qparams: MUL by a constant 1 (as ops/requantize.py)."""
+        value = self._to_requantize.pop(quantize)
+        q = read_qparams(quantize, self.index.constants)
+        result = self.new_tensor(f"{quantize.name}_requantized", self.builder.tensor_shape(value.tensor), q)
+        one = self.builder.add_tensor(self.name(f"{quantize.name}_one"), [], "int8",
+                                      data=np.array(1, dtype=np.int8), scale=1.0, zero_point=0)
+        self.builder.add_operator("MUL", [value.tensor, one], [result], schema.MulOptionsT())
+        self.values[quantize] = _Value(result, value.channels_last, value.flattened_from)
+        return self.values[quantize]
     def torch_axis(self, node: Node, dim: int, channels_last: bool) -> int:
         """The IR axis of torch dimension `dim` of `node`'s value in the given layout."""
         rank = len(shape_of(node))
@@ -297,20 +327,6 @@ class ConversionContext:
                                                data=np.array(value, dtype=np.int8), **q)
             self.builder.add_operator("PADV2", [*inputs, constant], [result])
         return result
-
-
-def _apply_data_movement(node: Node, tensor: torch.Tensor) -> torch.Tensor:
-    """Applies an auxiliary node (permute, view, clone...) to a constant, so the IR gets the folded constant."""
-    name = node.target._schema.name.split("::")[-1]
-    if name == "permute_copy":
-        return tensor.permute(*node.args[1])
-    if name in ("view_copy", "expand_copy"):
-        return tensor.reshape(node.args[1]) if name == "view_copy" else tensor.expand(node.args[1])
-    if name == "t_copy":
-        return tensor.t()
-    if name in ("squeeze_copy", "unsqueeze_copy"):
-        return tensor.reshape(shape_of(node))
-    return tensor
 
 
 def _boundary_spec(node: Node, qparams: QParams, channels_last: bool, index: int) -> TensorSpec:
@@ -358,6 +374,8 @@ def lower_partition(program: ExportedProgram, options: NeutronCompileOptions) ->
         if node.op != "call_function" or node in ctx.values or is_dequantize(node) or is_getitem(node):
             continue
         cluster = ctx.index.cluster_of.get(node)
+        if ctx.is_requantized_on_use(node):
+            continue
         if is_quantize(node) and (cluster is None or node is not cluster.head):
             raise LoweringError(f"quantize node '{node.name}' does not follow a converted operator")
         if cluster is not None and node in cluster.auxiliary:

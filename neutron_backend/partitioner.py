@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import difflib
 import functools
 import logging
 from collections.abc import Callable, Sequence
@@ -31,12 +32,12 @@ from neutron_backend.clusters import (
     read_qparams,
     target_name,
 )
-from neutron_backend.compile_spec import NeutronCompileOptions, parse_compile_spec
+from neutron_backend.compile_spec import NeutronCompileOptions, OperatorName, origin_of, parse_compile_spec
 from neutron_backend.delegation_options import CustomDelegationOptions
 from neutron_backend.fallback import ConversionFailure, try_partition
 from neutron_backend.ir.formats import FormatMap
 from neutron_backend.ops.base import Verdict, reject
-from neutron_backend.quantizer.quantizer import EXCLUDED_META_KEY
+from neutron_backend.quantizer.quantizer import EXCLUDED_META_KEY, SKIPPED_META_KEY
 from neutron_backend.report import DelegationReport, build_report
 
 logger = logging.getLogger(__name__)
@@ -122,6 +123,8 @@ class NeutronPartitioner(Partitioner):
         # Real constants of the program to_edge_transform_and_lower showed ops_to_not_decompose; partition() gets a
         # copy whose state dict is fake, and its trial conversions want the real weights.
         self._seen_constants: dict[str, torch.Tensor] = {}
+        # operators_not_to_delegate names seen matching a node since the last partition(), to warn about the rest.
+        self._matched_exclusions: set[OperatorName] = set()
 
     @property
     def target(self):
@@ -137,6 +140,7 @@ class NeutronPartitioner(Partitioner):
         kernels lack most of them whole), with a warning naming the reason for a quantized one.
         """
         self._remember_constants(ep)
+        self._note_matched_exclusions(ep.graph)
         kept_whole = kept_whole_operators()
         present = {ops.schema_key(node.target) for node in ep.graph.nodes if node.op == "call_function"}
         if not present & kept_whole.keys():
@@ -177,12 +181,34 @@ class NeutronPartitioner(Partitioner):
         partitions = self._partition_with_rules(ep, index, verdicts)
         heads = {node for partition in partitions for node in partition.nodes
                  if node in index.cluster_of and index.cluster_of[node].head is node}
+        candidates = [head for head in heads if ops.schema_key(head.target) in kept_whole]
+        if self._reject_unconvertible(ep, index, verdicts, candidates):
+            partitions = self._partition_with_rules(ep, index, verdicts)
+            heads = {node for partition in partitions for node in partition.nodes
+                     if node in index.cluster_of and index.cluster_of[node].head is node}
         for cluster in index.clusters:
             head = cluster.head
             if cluster.problem is None and head not in heads and ops.schema_key(head.target) in kept_whole:
                 logger.warning("Neutron: %s '%s' is decomposed for the CPU: %s", target_name(head), head.name,
                                verdicts[id(cluster)].reason)
         return heads
+
+    def _reject_unconvertible(self, ep: ExportedProgram, index: ClusterIndex, verdicts: dict[int, Verdict],
+                              heads: list[Node]) -> bool:
+        """Trial-converts each cluster of `heads` alone, as `_convertible` converts partitions, and rejects those
+        that fail with the failure as reason. Kept whole, such a node would have no CPU kernel to fall back to."""
+        values = {**self._seen_constants, **(self.post_quantization_state_dict or {})}
+        position = {node: i for i, node in enumerate(ep.graph.nodes)}
+        rejected = False
+        for head in heads:
+            cluster = index.cluster_of[head]
+            nodes = sorted(cluster.nodes(), key=position.__getitem__)
+            failure = try_partition(ep, nodes, self.compile_options, values, position)
+            if failure is not None:
+                reason = failure.reason.strip().splitlines()[0] if failure.reason.strip() else "unknown error"
+                verdicts[id(cluster)] = reject(f"converting it for Neutron failed: {reason}")
+                rejected = True
+        return rejected
 
     def _remember_constants(self, ep: ExportedProgram) -> None:
         for key, value in [*ep.state_dict.items(), *ep.constants.items()]:
@@ -193,9 +219,35 @@ class NeutronPartitioner(Partitioner):
 
     def _excluded_by_user(self, node: Node) -> str | None:
         for name in self.compile_options.operators_not_to_delegate:
-            if name.matches(node.target):
+            if name.matches(node.target, origin_of(node)):
                 return f"excluded by operators_not_to_delegate ('{name}')"
         return None
+
+    def _note_matched_exclusions(self, graph: torch.fx.Graph) -> None:
+        """Remembers which operators_not_to_delegate names match a node of `graph` (the ATen program, where
+        kept-whole operators still exist, and the edge program)."""
+        names = [n for n in self.compile_options.operators_not_to_delegate if n not in self._matched_exclusions]
+        for node in graph.nodes:
+            if not names:
+                return
+            if node.op == "call_function":
+                origin = origin_of(node)
+                for name in [n for n in names if n.matches(node.target, origin)]:
+                    self._matched_exclusions.add(name)
+                    names.remove(name)
+
+    def _warn_unmatched_exclusions(self, graph: torch.fx.Graph) -> None:
+        """Warns for each operators_not_to_delegate name that matched no node: it excluded nothing."""
+        present = {name for node in graph.nodes if node.op == "call_function"
+                   for name in (op_name(node), origin_of(node)) if name}
+        for name in self.compile_options.operators_not_to_delegate:
+            if name in self._matched_exclusions:
+                continue
+            close = difflib.get_close_matches(name.name, sorted(present), n=3, cutoff=0.5) or sorted(present)[:3]
+            stands_for = ", ".join(name.would_match()) or "no operator Neutron runs"
+            logger.warning("Neutron: operators_not_to_delegate entry '%s' matches no node of this program, so it "
+                           "excludes nothing; it stands for %s; the program's closest operator names: %s", name,
+                           stands_for, ", ".join(close) or "none")
 
     def _quantization_verdict(self, cluster: Cluster, ctx: _Context, operator: ops.NeutronOperator) -> Verdict:
         inputs = flat_inputs(cluster.head)
@@ -219,17 +271,21 @@ class NeutronPartitioner(Partitioner):
         head = cluster.head
         # The quantizer leaves its reason in meta["custom"], which survives export and to_edge.
         excluded = head.meta.get("custom", {}).get(EXCLUDED_META_KEY)
+        operator = ops.lookup(head.target)
         if cluster.problem is not None:
             if excluded:
                 return reject(f"left in float by the quantizer configuration ({excluded})")
+            if operator is None:
+                return reject(_unsupported(head))
             value = head.meta.get("val")
             if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16, torch.float64):
                 return reject(f"not quantized: it computes in {value.dtype}, and NeutronQuantizer quantizes float32 "
                               "only; convert the model with .float() before quantizing it")
+            if skipped := head.meta.get("custom", {}).get(SKIPPED_META_KEY):
+                return reject(f"not quantized: {skipped}")
             return reject(cluster.problem)
-        operator = ops.lookup(head.target)
         if operator is None:
-            return reject(f"{target_name(head)} has no Neutron implementation in this backend")
+            return reject(_unsupported(head))
         if user_reason := self._excluded_by_user(head):
             return reject(user_reason)
         if shape_problem := _shape_problem([*flat_inputs(head), head, *cluster.fused]):
@@ -388,6 +444,9 @@ class NeutronPartitioner(Partitioner):
         """
         values = {**self._seen_constants, **(self.post_quantization_state_dict or {})}
         self._seen_constants = {}
+        self._note_matched_exclusions(exported_program.graph)
+        self._warn_unmatched_exclusions(exported_program.graph)
+        self._matched_exclusions = set()
         index = ClusterIndex(exported_program, ops.is_fusable, values)
         formats = FormatMap(exported_program.graph)
         ctx = _Context(index, formats, self.compile_options, self.delegation_options)
@@ -458,6 +517,11 @@ def has_portable_kernel(op: Any) -> bool:
     name, overload = ops.schema_key(op)
     base = name.split("::")[-1]
     return (f"{base}.out" if overload == "default" else f"{base}.{overload}_out") in _portable_kernels()
+
+
+def _unsupported(node: Node) -> str:
+    return (f"{target_name(node)} is not supported on Neutron (this backend has no NPU implementation of it), so it "
+            "runs on the CPU")
 
 
 def _shape_problem(nodes: Sequence[Node]) -> str | None:

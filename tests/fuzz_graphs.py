@@ -5,13 +5,13 @@ registered Neutron operator (`BUILDERS`, keyed by registry name) with random par
 current value with an earlier one of the same shape, so the graphs are DAGs. Builders return None when the
 drawn shape cannot take the operator, and another operator is drawn.
 
-Randomness comes from a `Draw` (integers, choices, booleans): `HypothesisDraw` for tests/test_fuzz.py (so failures
-shrink) and `SeededDraw` for bench/fuzz_soak.py (so a failing graph is reproduced from its seed).
+Randomness comes from a `Draw` (integers, choices): `SeededDraw`, so a failing graph is reproduced from its seed
+(tests/test_fuzz.py draws fresh seeds each run, bench/fuzz_soak.py a range of them).
 
 `check_graph` is the property: quantizing and lowering never raise, and the .pte run on the host reproduces the
-quantized model within one output quantization step per requantizing operator (DESIGN.md §7), the host shim (our
-exact engine) matching the pure-Python emulator run with LiteRT's reference kernels bit for bit, also on random int8
-delegate inputs.
+quantized model within one output quantization step per requantizing operator (LiteRT requantizes in fixed point,
+torch in float), the host shim (our exact engine) matching the pure-Python emulator run with LiteRT's reference
+kernels bit for bit, also on random int8 delegate inputs.
 
 Every registered operator needs a builder here or a reason in `NOT_FUZZED`; tests/test_fuzz.py checks that, so a
 newly registered operator is fuzzed as soon as it is given a builder.
@@ -31,7 +31,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from neutron_backend import ops
+
 Shape = tuple[int, ...]
+REQUANTIZE = "quantized_decomposed.quantize_per_tensor.default"
 MAX_STEPS = 4
 MAX_CHANNELS = 16
 MAX_SIDE = 12
@@ -55,22 +58,6 @@ class SeededDraw:
 
     def choice(self, options: Sequence[Any]) -> Any:
         return options[self._random.randrange(len(options))]
-
-
-class HypothesisDraw:
-    """Draws through hypothesis' `data.draw`, so failing graphs shrink."""
-
-    def __init__(self, data: Any) -> None:
-        from hypothesis import strategies
-
-        self._data = data
-        self._strategies = strategies
-
-    def integer(self, low: int, high: int) -> int:
-        return self._data.draw(self._strategies.integers(low, high))
-
-    def choice(self, options: Sequence[Any]) -> Any:
-        return options[self._data.draw(self._strategies.integers(0, len(options) - 1))]
 
 
 @dataclass
@@ -102,50 +89,61 @@ def builder(*names: str) -> Callable[[Builder], Builder]:
     return register
 
 
-def _unary(name: str, function: Callable[[torch.Tensor], torch.Tensor], requantizes: int,
+def requantizations(name: str) -> int:
+    """The requantizing steps the registered operator `name` declares its lowering has at most."""
+    return ops.lookup_name(name).max_requantizations
+
+
+def _unary(name: str, function: Callable[[torch.Tensor], torch.Tensor], extra: int,
            fixed_scale: float | None) -> Builder:
+    """`extra`: requantizing operators `function` adds around the operator itself (log's abs and add)."""
+
     def build(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step:
+        requantizes = requantizations(name) + extra
         return Step(name, name.split(".")[1], lambda x, _: function(x), requantizes, own_qparams=requantizes > 0,
                     fixed_scale=fixed_scale)
 
     return build
 
 
-for _name, _function, _count, _fixed in [
-    ("aten.abs.default", torch.abs, 1, None),
-    ("aten.neg.default", torch.neg, 1, None),
-    ("aten.exp.default", torch.exp, 1, None),
-    ("aten.sigmoid.default", torch.sigmoid, 1, 1 / 256),
-    ("aten.tanh.default", torch.tanh, 1, 1 / 128),
-    ("aten.relu.default", torch.relu, 1, None),
-    ("aten.hardswish.default", F.hardswish, 1, None),
-    ("aten.hardsigmoid.default", F.hardsigmoid, 1, 1 / 256),
-    ("aten.silu.default", F.silu, 2, None),  # LOGISTIC then MUL
+for _name, _function, _extra, _fixed in [
+    ("aten.abs.default", torch.abs, 0, None),
+    ("aten.neg.default", torch.neg, 0, None),
+    ("aten.exp.default", torch.exp, 0, None),
+    ("aten.sigmoid.default", torch.sigmoid, 0, 1 / 256),
+    ("aten.tanh.default", torch.tanh, 0, 1 / 128),
+    ("aten.relu.default", torch.relu, 0, None),
+    ("aten.hardswish.default", F.hardswish, 0, None),
+    ("aten.hardsigmoid.default", F.hardsigmoid, 0, 1 / 256),
+    ("aten.silu.default", F.silu, 0, None),
     ("aten.clone.default", torch.clone, 0, None),
     # Positive inputs: the abs and the add are operators of their own.
-    ("aten.log.default", lambda x: torch.log(x.abs() + 1.0), 3, None),
-    ("aten.rsqrt.default", lambda x: torch.rsqrt(x.abs() + 1.0), 3, None),
+    ("aten.log.default", lambda x: torch.log(x.abs() + 1.0), 2, None),
+    ("aten.rsqrt.default", lambda x: torch.rsqrt(x.abs() + 1.0), 2, None),
 ]:
-    BUILDERS[_name] = _unary(_name, _function, _count, _fixed)
+    BUILDERS[_name] = _unary(_name, _function, _extra, _fixed)
 
 
 @builder("aten.leaky_relu.default")
 def _leaky_relu(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step:
     slope = draw.choice([0.01, 0.1, 0.2])
-    return Step("aten.leaky_relu.default", f"leaky_relu({slope})", lambda x, _: F.leaky_relu(x, slope), 1,
+    return Step("aten.leaky_relu.default", f"leaky_relu({slope})", lambda x, _: F.leaky_relu(x, slope),
+                requantizations("aten.leaky_relu.default"),
                 own_qparams=True)
 
 
 @builder("aten.hardtanh.default", "aten.clamp.default")
 def _clamp(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step:
     low, high = draw.choice([(0.0, 6.0), (-1.0, 1.0), (0.0, 1.0), (-0.5, 2.0)])
-    return Step("aten.hardtanh.default", f"clamp({low}, {high})", lambda x, _: torch.clamp(x, low, high), 1)
+    return Step("aten.hardtanh.default", f"clamp({low}, {high})", lambda x, _: torch.clamp(x, low, high),
+                requantizations("aten.clamp.default"))
 
 
 @builder("aten.prelu.default")
 def _prelu(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step:
     module = nn.PReLU(shape[1], init=draw.choice([0.05, 0.25]))
-    return Step("aten.prelu.default", f"prelu({shape[1]})", lambda x, _: module(x), 1, module, own_qparams=True)
+    return Step("aten.prelu.default", f"prelu({shape[1]})", lambda x, _: module(x),
+                requantizations("aten.prelu.default"), module, own_qparams=True)
 
 
 @builder("aten.convolution.default")
@@ -162,7 +160,8 @@ def _conv(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
     description = f"conv{kernel}x{kernel}/s{stride}/p{padding} {cin}->{cout}{' dw' if depthwise else ''}" + (
         f"+{fused.__name__}" if fused else "")
     return Step("aten.convolution.default", description,
-                lambda x, _: fused(module(x)) if fused else module(x), 1, module, own_qparams=True)
+                lambda x, _: fused(module(x)) if fused else module(x), requantizations("aten.convolution.default"),
+                module, own_qparams=True)
 
 
 @builder("aten.addmm.default", "aten.mm.default")
@@ -173,7 +172,8 @@ def _linear(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
     out = draw.integer(1, 32)
     module = nn.Linear(features, out, bias=draw.integer(0, 1) == 1)
     return Step("aten.addmm.default", f"linear {features}->{out}",
-                lambda x, _: module(x.flatten(1)).reshape(1, out, 1, 1), 1, module, own_qparams=True)
+                lambda x, _: module(x.flatten(1)).reshape(1, out, 1, 1), requantizations("aten.addmm.default"),
+                module, own_qparams=True)
 
 
 @builder("aten.max_pool2d_with_indices.default", "aten.avg_pool2d.default")
@@ -187,17 +187,18 @@ def _pool(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
     kind = draw.choice(["max", "avg"])
     module = (nn.MaxPool2d if kind == "max" else nn.AvgPool2d)(kernel, stride, padding)
     name = "aten.max_pool2d_with_indices.default" if kind == "max" else "aten.avg_pool2d.default"
-    return Step(name, f"{kind}pool{kernel}/s{stride}/p{padding}", lambda x, _: module(x), int(kind == "avg"))
+    return Step(name, f"{kind}pool{kernel}/s{stride}/p{padding}", lambda x, _: module(x), requantizations(name))
 
 
 @builder("aten._adaptive_avg_pool2d.default", "aten.mean.dim")
 def _global_pool(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step:
     if draw.integer(0, 1):
-        return Step("aten.mean.dim", "mean(2, 3)", lambda x, _: x.mean(dim=(2, 3), keepdim=True), 1)
+        return Step("aten.mean.dim", "mean(2, 3)", lambda x, _: x.mean(dim=(2, 3), keepdim=True),
+                    requantizations("aten.mean.dim"))
     sizes = [d for d in range(1, shape[2] + 1) if shape[2] % d == 0 and shape[3] % d == 0]
     size = draw.choice(sizes)
     return Step("aten._adaptive_avg_pool2d.default", f"adaptive_avg_pool({size})",
-                lambda x, _: F.adaptive_avg_pool2d(x, size), 1)
+                lambda x, _: F.adaptive_avg_pool2d(x, size), requantizations("aten._adaptive_avg_pool2d.default"))
 
 
 @builder("aten.sum.dim_IntList", "aten.amax.default", "aten.amin.default")
@@ -206,12 +207,13 @@ def _reduce(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step:
     kind = draw.choice(["sum", "amax", "amin"])
     function = {"sum": torch.sum, "amax": torch.amax, "amin": torch.amin}[kind]
     name = "aten.sum.dim_IntList" if kind == "sum" else f"aten.{kind}.default"
-    return Step(name, f"{kind}({dim})", lambda x, _: function(x, dim=dim, keepdim=True), 1)
+    return Step(name, f"{kind}({dim})", lambda x, _: function(x, dim=dim, keepdim=True), requantizations(name))
 
 
 @builder("aten._softmax.default")
 def _softmax(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step:
-    return Step("aten._softmax.default", "softmax(1)", lambda x, _: torch.softmax(x, dim=1), 1, own_qparams=True,
+    return Step("aten._softmax.default", "softmax(1)", lambda x, _: torch.softmax(x, dim=1),
+                requantizations("aten._softmax.default"), own_qparams=True,
                 fixed_scale=1 / 256)
 
 
@@ -225,7 +227,7 @@ def _binary(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
     function = {"add": torch.add, "sub": torch.sub, "mul": torch.mul, "maximum": torch.maximum,
                 "minimum": torch.minimum}[kind]
     name = f"aten.{kind}.Tensor" if kind in ("add", "sub", "mul") else f"aten.{kind}.default"
-    return Step(name, f"{kind}(value {other})", lambda x, y: function(x, y), 1, other=other,
+    return Step(name, f"{kind}(value {other})", lambda x, y: function(x, y), requantizations(name), other=other,
                 own_qparams=kind in ("add", "sub", "mul"))
 
 
@@ -242,7 +244,8 @@ def _cat(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
     other = _cat_partner(draw, shape, earlier)
     if other is None:
         return None
-    return Step("aten.cat.default", f"cat(value {other}, dim=1)", lambda x, y: torch.cat([x, y], dim=1), 0,
+    return Step("aten.cat.default", f"cat(value {other}, dim=1)", lambda x, y: torch.cat([x, y], dim=1),
+                requantizations("aten.cat.default"),
                 other=other)
 
 
@@ -254,25 +257,28 @@ def _requantized_cat(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | N
     if other is None:
         return None
     return Step("quantized_decomposed.quantize_per_tensor.default", f"cat(sigmoid, value {other}, dim=1)",
-                lambda x, y: torch.cat([torch.sigmoid(x), y], dim=1), 2, other=other)
+                lambda x, y: torch.cat([torch.sigmoid(x), y], dim=1),
+                requantizations("aten.sigmoid.default") + requantizations(REQUANTIZE), other=other)
 
 
 @builder("aten.bmm.default")
 def _bmm(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step:
     _, c, h, w = shape
     return Step("aten.bmm.default", "bmm(x, x^T)",
-                lambda x, _: torch.bmm(x.reshape(c, h, w), x.reshape(c, h, w).transpose(1, 2)).reshape(1, c, h, h), 1,
-                own_qparams=True)
+                lambda x, _: torch.bmm(x.reshape(c, h, w), x.reshape(c, h, w).transpose(1, 2)).reshape(1, c, h, h),
+                requantizations("aten.bmm.default"), own_qparams=True)
 
 
 @builder("aten.view_copy.default", "aten.permute_copy.default")
 def _move(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step:
     if draw.integer(0, 1):
         order = draw.choice([(0, 1, 3, 2), (0, 2, 1, 3), (0, 3, 2, 1)])
-        return Step("aten.permute_copy.default", f"permute{order}", lambda x, _: x.permute(*order), 0)
+        return Step("aten.permute_copy.default", f"permute{order}", lambda x, _: x.permute(*order),
+                    requantizations("aten.permute_copy.default"))
     _, c, h, w = shape
     target = draw.choice([(1, c, w, h), (1, c * h, w, 1), (1, 1, c, h * w)])
-    return Step("aten.view_copy.default", f"reshape{target}", lambda x, _: x.reshape(target), 0)
+    return Step("aten.view_copy.default", f"reshape{target}", lambda x, _: x.reshape(target),
+                requantizations("aten.view_copy.default"))
 
 
 @builder("aten.slice_copy.Tensor", "aten.select_copy.int", "aten.squeeze_copy.dims", "aten.unsqueeze_copy.default")
@@ -283,15 +289,18 @@ def _index(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
         start = draw.integer(0, size - 1)
         end = draw.integer(start + 1, size)
         return Step("aten.slice_copy.Tensor", f"slice(dim {dim}, {start}:{end})",
-                    lambda x, _: x.narrow(dim, start, end - start), 0)
+                    lambda x, _: x.narrow(dim, start, end - start),
+                    requantizations("aten.slice_copy.Tensor"))
     ones = [d for d in (1, 2, 3) if shape[d] == 1]
     if ones and draw.integer(0, 1):
         one = draw.choice(ones)
         return Step("aten.squeeze_copy.dims", f"squeeze({one}).unsqueeze({one})",
-                    lambda x, _: x.squeeze(one).unsqueeze(one), 0)
+                    lambda x, _: x.squeeze(one).unsqueeze(one),
+                    requantizations("aten.squeeze_copy.dims"))
     index = draw.integer(0, size - 1)
     return Step("aten.select_copy.int", f"select(dim {dim}, {index}).unsqueeze({dim})",
-                lambda x, _: x.select(dim, index).unsqueeze(dim), 0)
+                lambda x, _: x.select(dim, index).unsqueeze(dim),
+                requantizations("aten.select_copy.int"))
 
 
 @builder("aten.constant_pad_nd.default", "aten.reflection_pad2d.default", "aten.reflection_pad1d.default")
@@ -306,11 +315,12 @@ def _pad(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
             return None
         return Step("aten.reflection_pad1d.default", f"pad({left}, {right}) reflect 1d",
                     lambda x, _: F.pad(x.reshape(1, c * h, w), (left, right), mode="reflect").reshape(
-                        1, c, h, w + left + right), 0)
+                        1, c, h, w + left + right),
+                    requantizations("aten.reflection_pad1d.default"))
     if mode == "reflect" and (max(pads[:2]) >= w or max(pads[2:]) >= h):
         return None
     name = "aten.constant_pad_nd.default" if mode == "constant" else "aten.reflection_pad2d.default"
-    return Step(name, f"pad{pads} {mode}", lambda x, _: F.pad(x, pads, mode=mode), 0)
+    return Step(name, f"pad{pads} {mode}", lambda x, _: F.pad(x, pads, mode=mode), requantizations(name))
 
 
 @builder("aten.upsample_nearest2d.vec", "aten.upsample_bilinear2d.vec")
@@ -319,7 +329,8 @@ def _upsample(draw: Draw, shape: Shape, earlier: list[Shape]) -> Step | None:
         return None
     mode = draw.choice(["nearest", "bilinear"])
     name = "aten.upsample_nearest2d.vec" if mode == "nearest" else "aten.upsample_bilinear2d.vec"
-    return Step(name, f"upsample x2 {mode}", lambda x, _: F.interpolate(x, scale_factor=2, mode=mode), 1)
+    return Step(name, f"upsample x2 {mode}", lambda x, _: F.interpolate(x, scale_factor=2, mode=mode),
+                requantizations(name))
 
 
 # Registered operators no builder here produces, and why.
@@ -356,7 +367,8 @@ def _range_scale(batches: list[torch.Tensor]) -> float:
 def error_budget(model: FuzzModel, calibration: list[torch.Tensor], sample: torch.Tensor) -> float:
     """The largest output error the per-op tolerance allows for `sample`, in the output's own units.
 
-    Every requantizing operator may be off by one step of its output scale (DESIGN.md §7); that error reaches the
+    Every requantizing operator may be off by one step of its output scale (fixed-point against float requantization);
+    that error reaches the
     output scaled by the model's local gain from that value on (the max row sum of |d output / d value|, by
     autograd on the float model at `sample`). Scales are over-estimated from the calibration ranges of the
     operator's output and inputs (operators sharing their input's qparams have its scale).
@@ -436,6 +448,8 @@ class Outcome:
     max_error_steps: float
     tolerance_steps: float
     delegated_targets: tuple[str, ...] = ()
+    # (target, reason) of every operator left on the CPU
+    cpu_reasons: tuple[tuple[str, str], ...] = ()
 
 
 def check_graph(case: FuzzCase, directory: Path) -> Outcome:
@@ -471,7 +485,8 @@ def check_graph(case: FuzzCase, directory: Path) -> Outcome:
     report = partitioner.report
     outcome = Outcome(report.num_partitions, sum(e.delegated for e in report.nodes if not _plumbing(e.target)),
                       sum(1 for e in report.nodes if not _plumbing(e.target)), result.max_error_steps, tolerance,
-                      tuple(sorted({e.target for e in report.nodes if e.delegated and not _plumbing(e.target)})))
+                      tuple(sorted({e.target for e in report.nodes if e.delegated and not _plumbing(e.target)})),
+                      tuple((e.target, e.reason) for e in report.nodes if not e.delegated and not _plumbing(e.target)))
     assert result.max_error_steps <= tolerance, f"{case}: {result} (tolerance {tolerance:.3f} steps)"
     if report.num_partitions:
         for sample in samples:

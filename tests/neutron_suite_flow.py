@@ -5,7 +5,7 @@ serialize, run the ``.pte`` with ExecuTorch's pybindings and compare with the ex
 fills those stages with NeutronQuantizer (calibrated on the example inputs and seeded batches drawn from their
 domain), NeutronPartitioner, and the host runtime (``neutron_backend.runtime.register()``, so the
 pybindings run Neutron delegates). Outputs are compared with the harness's quantized tolerance of one output
-quantization step (``qtol=1``, DESIGN.md §7) on top of the suite's atol/rtol.
+quantization step (``qtol=1``, one step per requantizing operator) on top of the suite's atol/rtol.
 
 Loaded as a pytest plugin (``-p neutron_suite_flow``) it replaces the suite's flows with this one before the
 suite's conftest reads them, records every case's outcome as a JSON line in ``$NEUTRON_SUITE_RESULTS``, and stops
@@ -37,7 +37,8 @@ CALIBRATION_BATCHES = 4
 RESULTS_ENV = "NEUTRON_SUITE_RESULTS"
 TIMEOUT_ENV = "NEUTRON_SUITE_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300
-# One output quantization step on top of the suite's tolerances: the per-op bound of DESIGN.md §7.
+# One output quantization step on top of the suite's tolerances: the per-op bound (LiteRT requantizes in fixed point,
+# torch in float).
 QUANTIZED_STEPS = 1
 
 

@@ -5,7 +5,8 @@ partition, written to a .pte and run with ``load_pte`` on seeded random inputs. 
 
 (a) the listed edge operators are delegated and the model lowers to exactly one partition (data-movement ops
     that would be a lone no-op partition are paired with a compute op),
-(b) the .pte is within `max_error_steps` output quantization steps of the quantized torch model (DESIGN.md §7:
+(b) the .pte is within `max_error_steps` output quantization steps of the quantized torch model (fixed-point against
+float requantization:
     1 step per requantizing operator),
 (c) the shim's output (our exact engine) equals the pure-Python emulator's run with LiteRT's reference kernels bit
     for bit, and the two engines agree on random int8 inputs to the delegate too.
@@ -111,14 +112,17 @@ def qdq(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
 
 class HandQuantized(nn.Module):
     """`fn` between hand-written int8 quantize/dequantize pairs with the given (scale, zero point): graphs
-    NeutronQuantizer never produces, to test verdicts on qparams."""
+    NeutronQuantizer never produces, to test verdicts on qparams. `in_qparams` is one pair for every input, or a
+    list with one pair per input."""
 
-    def __init__(self, fn: Callable, in_qparams: tuple[float, int], out_qparams: tuple[float, int]) -> None:
+    def __init__(self, fn: Callable, in_qparams: tuple[float, int] | list[tuple[float, int]],
+                 out_qparams: tuple[float, int]) -> None:
         super().__init__()
         self.fn, self.in_qparams, self.out_qparams = fn, in_qparams, out_qparams
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return qdq(self.fn(qdq(x, *self.in_qparams)), *self.out_qparams)
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        per_input = self.in_qparams if isinstance(self.in_qparams, list) else [self.in_qparams] * len(xs)
+        return qdq(self.fn(*(qdq(x, *q) for x, q in zip(xs, per_input, strict=True))), *self.out_qparams)
 
 
 def assert_delegated(report: DelegationReport, targets: tuple[str, ...]) -> None:

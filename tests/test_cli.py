@@ -349,7 +349,8 @@ def test_ops_evaluates_the_constraints_for_a_target(tmp_path):
 
     result = neutron("ops", "--target", "mcxn94x", "--csv", cwd=tmp_path)
     rows = list(csv.reader(io.StringIO(result.stdout)))
-    assert rows[0] == ["Operator", "Compute DType", "Quantization", "Constraints", "Limits on target"]
+    assert rows[0] == ["Operator", "Compute DType", "Quantization", "Constraints", "Limits on target",
+                       "QParams contract", "Also written as"]
     conv = next(row for row in rows if row[0] == "aten.convolution.default")
     assert "ceil_to(Cin, 8) <= 65535" in conv[3]
     # 3x3: 65535 // 9 = 7281 weights per output channel, rounded down to a multiple of num_macs = 8.

@@ -14,7 +14,6 @@ from executorch.exir.backend.compile_spec_schema import CompileSpec
 from executorch.exir.dialects._ops import ops as exir_ops
 
 from neutron_backend.compile_spec import (
-    DECOMPOSITION_ALIASES,
     SPEC_KEYS,
     NeutronCompileOptions,
     NeutronCompileSpecBuilder,
@@ -449,9 +448,11 @@ def test_operators_registered_later_are_found():
     )
 
 
-def test_decomposition_aliases_name_registered_operators():
-    for source, targets in DECOMPOSITION_ALIASES.items():
-        for name in (source, *targets):
+def test_declared_aliases_name_registered_operators():
+    from neutron_backend import ops
+
+    for registered in ops.operators():
+        for name in registered.aliases:
             parse_operator_name(f"aten::{name}")
 
 
@@ -487,6 +488,8 @@ edge = exir_ops.edge.aten
         ("aten::permute", edge.permute_copy.default, True),
         ("aten::max_pool2d", edge.max_pool2d.default, True),
         ("aten::max_pool2d_with_indices", edge.max_pool2d.default, False),
+        ("aten::div", edge.mul.Tensor, True),
+        ("aten::adaptive_avg_pool2d", edge.mean.dim, True),
         ("aten::convolution", edge.max_pool2d_with_indices.default, False),
         ("aten::add", exir_ops.edge.quantized_decomposed.quantize_per_tensor.default, False),
         (
@@ -522,3 +525,14 @@ def test_aliases_cover_what_edge_lowering_produces():
     ]
     for name in ("aten::max_pool2d", "aten::conv2d", "aten::linear", "aten::softmax", "aten::view"):
         assert any(parse_operator_name(name).matches(target) for target in targets), name
+
+
+@pytest.mark.parametrize(("text", "op", "origin", "expected"), [
+    ("aten::div", edge.mul.Tensor, "div", True),
+    ("aten::div", edge.mul.Tensor, "mul", False),  # a mul written as mul is not a div
+    ("aten::div", edge.mul.Tensor, "__mul__", True),  # an unknown spelling: the alias still stands
+    ("aten::relu6", edge.hardtanh.default, "hardtanh", False),
+    ("aten::mul", edge.mul.Tensor, "div", True),  # the exact name always matches
+])
+def test_aliases_follow_the_spelling_the_node_came_from(text, op, origin, expected):
+    assert parse_operator_name(text).matches(op, origin) is expected

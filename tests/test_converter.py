@@ -5,7 +5,7 @@ tests/fake_converter/ (importable as `neutron_converter_SDK_25_06`, `eiq_neutron
 interface) & co. once that directory is on the path; tests/fake_converter/compiler_sdk/ holds the double of the
 newer `eiq_neutron_sdk` with the Neutron compiler). The doubles record every call made into them and the options
 they were given, so the tests check the exact calls. The
-expected payload bytes are computed here from reference/facts.md ("Deployable payload"), not from the code under
+expected payload bytes are computed here from NXP's deployable payload layout, not from the code under
 test, and compared with what the double produced (recorded under $FAKE_NEUTRON_RECORD_DIR).
 """
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
 FAKE_DIR = Path(__file__).parent / "fake_converter"
 
-# reference/facts.md, "Deployable payload": 16-byte-aligned sections header, microcode, weights, kernels.
+# NXP's deployable payload layout: 16-byte-aligned sections header, microcode, weights, kernels.
 ALIGN = 16
 CHANNELS_LAST, NO_FORMAT = 1, 0
 # A NeutronGraph with profile and debug outputs (the SDK_25_06 double) is payload version 1.
@@ -335,7 +335,7 @@ def test_payload_fields_from_the_neutron_graph(fake_converter: Path) -> None:
 
 # -- the two SDK interfaces: exact calls and options -----------------------------------------------------------
 
-# What the backend sets on every conversion (reference/facts.md: NXP's flow passes the same two).
+# What the backend sets on every conversion (NXP's flow passes the same two).
 BASE_OPTIONS = {
     "minNumOpsPerGraph": 1,
     "excludeGraphPasses": "HoistSliceAboveTranspose,MergeTranspose",

@@ -3,7 +3,7 @@ digits, quantized with NeutronQuantizer by PTQ and by a short QAT run, lowered t
 .pte and run on the host through ExecuTorch's runtime. The models are exported with a dynamic batch, so each .pte
 takes the whole test set as one batch.
 
-Each .pte must agree with its quantized torch model (the reference, DESIGN.md §7) on >= 99% of the test images. PTQ
+Each .pte must agree with its quantized torch model (the reference) on >= 99% of the test images. PTQ
 accuracy stays within 1 point of the float model's; QAT accuracy is no worse than PTQ's.
 """
 

@@ -86,5 +86,5 @@ def test_cpu_node_between_two_supported_nodes_splits_them_without_a_cycle(tmp_pa
     (host,) = load_pte(path)(example[0])
     (reference,) = compiled.quantized(example[0])
     scale = compiled.quantized.graph.find_nodes(op="output")[0].args[0][0].args[1]
-    # Two requantizing operators on the path (conv, add): one step each (DESIGN.md section 7).
+    # Two requantizing operators on the path (conv, add): one step each (fixed-point against float requantization).
     assert (host - reference).abs().max().item() <= 2 * scale * 1.0001

@@ -5,7 +5,7 @@ int8 output grid.
 Weights are random (seeded) with batchnorm statistics warmed up, and inputs are seeded N(0, 1), so these check the
 lowering, not numbers a model is judged by: on random weights a deep network is chaotic (two correct integer
 implementations, LiteRT's optimized and reference kernels, differ by up to 16 output steps on MobileNetV2), so no
-model-level error or agreement figure is asserted here (DESIGN.md section 7). Per-operator bounds (1 step per
+model-level error or agreement figure is asserted here. Per-operator bounds (1 step per
 requantizing operator) are asserted in tests/test_ops_*.py and tests/test_lowering_numerics.py; accuracy and top-1
 agreement are asserted on the trained zoo models in tests/test_trained_models.py.
 """

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import entry_for, partition_edge, partition_model
-from numerics import Fn, check_case, lower, qdq, sample_inputs
+from numerics import Fn, HandQuantized, check_case, lower, sample_inputs
 from torch import nn
 from torch.fx import GraphModule, Node
 
@@ -300,16 +300,10 @@ def test_maximum_inputs_and_output_share_qparams() -> None:
 # -- verdicts with their reasons ---------------------------------------------------------------------------------
 
 
-class _HandQuantized(nn.Module):
+def _hand_quantized(fn: Callable, first: tuple[float, int], second: tuple[float, int]) -> HandQuantized:
     """`fn` of two inputs quantized by hand with the given (scale, zero point) each, output at (0.05, 3): graphs
     NeutronQuantizer never produces."""
-
-    def __init__(self, fn: Callable, first: tuple[float, int], second: tuple[float, int]) -> None:
-        super().__init__()
-        self.fn, self.first, self.second = fn, first, second
-
-    def forward(self, x, y):
-        return qdq(self.fn(qdq(x, *self.first), qdq(y, *self.second)), 0.05, 3)
+    return HandQuantized(fn, [first, second], (0.05, 3))
 
 
 def _hand_report(model: nn.Module, *shapes: tuple[int, ...]):
@@ -322,22 +316,22 @@ def _hand_report(model: nn.Module, *shapes: tuple[int, ...]):
 @pytest.mark.parametrize(("fn", "target", "name"), [(torch.maximum, MAXIMUM, "maximum"),
                                                      (torch.minimum, MINIMUM, "minimum")])
 def test_selection_needs_shared_qparams(fn, target: str, name: str) -> None:
-    shared = _hand_report(_HandQuantized(fn, (0.05, 3), (0.05, 3)), FEATURE_MAP, FEATURE_MAP)
+    shared = _hand_report(_hand_quantized(fn, (0.05, 3), (0.05, 3)), FEATURE_MAP, FEATURE_MAP)
     assert entry_for(shared, target).delegated, str(shared)
-    report = _hand_report(_HandQuantized(fn, (0.05, 3), (0.02, 0)), FEATURE_MAP, FEATURE_MAP)
+    report = _hand_report(_hand_quantized(fn, (0.05, 3), (0.02, 0)), FEATURE_MAP, FEATURE_MAP)
     entry = entry_for(report, target)
     assert not entry.delegated
     assert entry.reason == ("input 1 is quantized with scale 0.02, zero point 0 but the output with scale 0.05, "
-                            f"zero point 3; {name} needs both inputs and the output to share qparams "
+                            f"zero point 3; {name} needs all inputs and the output to share qparams "
                             "(NeutronQuantizer does this)")
 
 
 def test_bmm_needs_zero_point_zero_inputs() -> None:
-    symmetric = _hand_report(_HandQuantized(torch.bmm, (0.02, 0), (0.03, 0)), (2, 4, 8), (2, 8, 5))
+    symmetric = _hand_report(_hand_quantized(torch.bmm, (0.02, 0), (0.03, 0)), (2, 4, 8), (2, 8, 5))
     assert entry_for(symmetric, BMM).delegated, str(symmetric)
     assert entry_for(symmetric, BMM).macs == 2 * 4 * 8 * 5
     for first, second, index, zero_point in [((0.02, 3), (0.03, 0), 0, 3), ((0.02, 0), (0.03, -5), 1, -5)]:
-        report = _hand_report(_HandQuantized(torch.bmm, first, second), (2, 4, 8), (2, 8, 5))
+        report = _hand_report(_hand_quantized(torch.bmm, first, second), (2, 4, 8), (2, 8, 5))
         entry = entry_for(report, BMM)
         assert not entry.delegated
         assert entry.reason == (f"input {index} is quantized with zero point {zero_point}; Neutron's batch matmul "

@@ -22,7 +22,8 @@ from neutron_backend import ops
 from neutron_backend.ops.edge import edge as edge_op
 from neutron_backend.passes import conv1d_to_conv2d
 from neutron_backend.quantizer import NeutronQuantizer
-from neutron_backend.quantizer.patterns import PATTERNS, Weighted
+from neutron_backend.quantizer.kinds import Weighted
+from neutron_backend.quantizer.patterns import patterns
 from neutron_backend.targets import get_target
 
 CONV = "aten.convolution.default"
@@ -111,7 +112,7 @@ class StandaloneBatchNorm(nn.Module):
 
 
 def _warmed(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:
-    """Batchnorm statistics far from identity (DESIGN.md §9: identity statistics make the fold trivial)."""
+    """Batchnorm statistics far from identity (identity statistics would make the fold trivial)."""
     torch.manual_seed(0)
     model.train()
     with torch.no_grad():
@@ -356,7 +357,7 @@ def test_rank3_convolution_reasons_name_1d_values(without_conv1d_rewrite) -> Non
 
 def test_3d_convolution_is_rejected(monkeypatch) -> None:
     # NeutronQuantizer has no pattern for conv3d; quantized as a conv would be, the partitioner names the rank.
-    monkeypatch.setitem(PATTERNS, torch.ops.aten.conv3d.default, Weighted(per_channel=True))
+    monkeypatch.setitem(patterns(), torch.ops.aten.conv3d.default, Weighted(per_channel=True))
     report, _ = partition_model(nn.Conv3d(2, 4, 3), (torch.randn(1, 2, 4, 4, 4),))
     assert entry_for(report, CONV).reason == ("3D convolution (input rank 5) is not supported; Neutron runs 1D "
                                               "(input rank 3) and 2D (input rank 4) convolutions")
@@ -364,7 +365,7 @@ def test_3d_convolution_is_rejected(monkeypatch) -> None:
 
 def test_transposed_convolution_weights_must_be_per_channel_on_axis_1(monkeypatch) -> None:
     # Quantized like a forward conv (axis 0; Cin = Cout keeps the bias scale consistent).
-    monkeypatch.setitem(PATTERNS, torch.ops.aten.conv_transpose2d.input, Weighted(per_channel=True))
+    monkeypatch.setitem(patterns(), torch.ops.aten.conv_transpose2d.input, Weighted(per_channel=True))
     report, _ = partition_model(nn.ConvTranspose2d(8, 8, 3), (torch.randn(1, 8, 4, 4),))
     assert entry_for(report, CONV).reason == ("per-channel weight quantization must be on axis 1 (a transposed "
                                               "convolution's output channels), got axis 0")

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from conftest import entry_for, partition_edge, partition_model
 from executorch.exir import to_edge, to_edge_transform_and_lower
-from numerics import CALIBRATION_BATCHES, Fn, check_case, sample_inputs
+from numerics import CALIBRATION_BATCHES, Fn, HandQuantized, check_case, qdq, sample_inputs
 from torch import nn
 from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
@@ -353,27 +353,11 @@ def test_reflection_padding_sign(tmp_path: Path, caplog) -> None:
     assert result.max_error_steps <= 1.0, str(result)
 
 
-def _qdq(v: torch.Tensor, scale: float) -> torch.Tensor:
-    qd = torch.ops.quantized_decomposed
-    return qd.dequantize_per_tensor(qd.quantize_per_tensor(v, scale, 0, -128, 127, torch.int8), scale, 0, -128, 127,
-                                    torch.int8)
-
-
-class _HandQuantized(nn.Module):
+def _hand_report(fn, shape, scale: float = 0.01):
     """x -> int8 (0.01, 0) -> `fn` -> int8 (`scale`, 0) -> amax (compute, so the partition is not a lone no-op).
 
     NeutronQuantizer never produces these qparams (it shares them, and its shared observer sees a pad value)."""
-
-    def __init__(self, fn, scale: float = 0.01) -> None:
-        super().__init__()
-        self.fn, self.scale = fn, scale
-
-    def forward(self, x):
-        return _qdq(_qdq(self.fn(_qdq(x, 0.01)), self.scale).amax(-1), self.scale)
-
-
-def _hand_report(fn, shape, scale: float = 0.01):
-    model = _HandQuantized(fn, scale)
+    model = HandQuantized(lambda v: qdq(fn(v), scale, 0).amax(-1), (0.01, 0), (scale, 0))
     return partition_edge(to_edge(torch.export.export(model, (torch.randn(shape),))).exported_program())
 
 
@@ -391,17 +375,17 @@ def test_pad_value_must_be_representable(value, reason):
 
 
 @pytest.mark.parametrize(("target", "fn", "what"), [
-    (SLICE, lambda x: x[:, 1:3], "a data-movement operator must keep its input's qparams"),
-    (PAD, lambda x: F.pad(x, (1, 1)), "padding must keep its input's qparams"),
-    (AMAX, lambda x: x.amax(1, keepdim=True), "a max/min reduction must keep its input's qparams"),
-    (NEAREST, lambda x: F.interpolate(x, scale_factor=2.0), "resizing must keep its input's qparams"),
+    (SLICE, lambda x: x[:, 1:3], "slice_copy"),
+    (PAD, lambda x: F.pad(x, (1, 1)), "constant_pad_nd"),
+    (AMAX, lambda x: x.amax(1, keepdim=True), "amax"),
+    (NEAREST, lambda x: F.interpolate(x, scale_factor=2.0), "upsample_nearest2d"),
 ])
 def test_data_movement_needs_shared_qparams(target, fn, what):
     """These copy int8 values unchanged, so their output must be quantized like their input."""
     _assert_verdict(_hand_report(fn, (1, 4, 3, 3)), target, None)
     _assert_verdict(_hand_report(fn, (1, 4, 3, 3), scale=0.02), target,
-                    f"input and output are quantized differently (scale 0.01 vs 0.02); {what} (NeutronQuantizer "
-                    "shares them)")
+                    "input and output are quantized differently (scale 0.01, zero point 0 vs scale 0.02, zero point "
+                    f"0); {what} keeps its input's qparams, so both must be equal (NeutronQuantizer shares them)")
 
 
 SCALE_REASON = "scale {} along {} ({} -> {}, {}); Neutron resizes by 1, 2, 4, 8 per axis"

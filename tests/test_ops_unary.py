@@ -2,7 +2,8 @@
 NeutronPartitioner.ops_to_not_decompose keeping hardswish, hardsigmoid, silu and prelu whole.
 
 Numerics cases run the whole flow (tests/numerics.py). Tolerance: one output quantization step per requantizing
-operator on the path (DESIGN.md section 7); a case's `steps` counts them, composite lowerings included (silu is
+operator on the path (fixed-point against float requantization); a case's `steps` counts them, composite lowerings
+included (silu is
 LOGISTIC + MUL: 2; hardsigmoid's MUL multiplies by exactly 1 in the integer domain, so it counts 1).
 
 Verdict tests need the operator whole in the edge program even when it is rejected (to_edge_transform_and_lower

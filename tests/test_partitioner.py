@@ -316,9 +316,10 @@ def _hand(fn, out_qparams: tuple[float, int]) -> HandQuantized:
     return HandQuantized(fn, (0.05, 0), out_qparams)
 
 
-def _not_relu_form(bounds: str) -> str:
-    return (f"clamp bounds {bounds} are not a ReLU form [(-1.0, 1.0), (0.0, 1.0), (0.0, 6.0), (0.0, inf)] and "
-            "input/output quantization differ; other bounds need equal input and output qparams")
+def _not_relu_form(name: str) -> str:
+    """Bounds that are not a ReLU form clamp integers, keeping the input's qparams (0.05, 0)."""
+    return ("input and output are quantized differently (scale 0.05, zero point 0 vs scale 0.03, zero point -10); "
+            f"{name} keeps its input's qparams, so both must be equal (NeutronQuantizer shares them)")
 
 
 # Hand-quantized: input (0.05, 0); output different (0.03, -10) or equal (0.05, 0) qparams.
@@ -329,11 +330,11 @@ CLAMP_CASES = (
     Case("clamp0..1", _hand(lambda x: torch.clamp(x, 0.0, 1.0), (0.03, -10)), (1, 8, 4, 4), CLAMP),
     Case("hardtanh0..6", _hand(lambda x: F.hardtanh(x, 0.0, 6.0), (0.03, -10)), (1, 8, 4, 4), HARDTANH),
     Case("clamp-2..3-different-qparams", _hand(lambda x: torch.clamp(x, -2.0, 3.0), (0.03, -10)), (1, 8, 4, 4),
-         CLAMP, _not_relu_form("(-2, 3)")),
+         CLAMP, _not_relu_form("clamp")),
     Case("clamp0..5-different-qparams", _hand(lambda x: torch.clamp(x, 0.0, 5.0), (0.03, -10)), (1, 8, 4, 4),
-         CLAMP, _not_relu_form("(0, 5)")),
+         CLAMP, _not_relu_form("clamp")),
     Case("hardtanh-2..3-different-qparams", _hand(lambda x: F.hardtanh(x, -2.0, 3.0), (0.03, -10)),
-         (1, 8, 4, 4), HARDTANH, _not_relu_form("(-2, 3)")),
+         (1, 8, 4, 4), HARDTANH, _not_relu_form("hardtanh")),
     Case("clamp-2..3-equal-qparams", _hand(lambda x: torch.clamp(x, -2.0, 3.0), (0.05, 0)), (1, 8, 4, 4), CLAMP),
     Case("hardtanh-2..3-equal-qparams", _hand(lambda x: F.hardtanh(x, -2.0, 3.0), (0.05, 0)), (1, 8, 4, 4),
          HARDTANH),

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from executorch.exir import to_edge
 from torch import nn
 
-from neutron_backend.passes import reflection_pad, split_to_slices
+from neutron_backend.passes import reflection_pad, sdpa_to_matmul_softmax, split_to_slices, unbind_to_select
 
 aten = torch.ops.aten
 
@@ -127,4 +127,29 @@ def test_reflection_pad_3d_is_left_alone():
                                               reflection_pad)
     assert changed == 0
     assert len(_calls(module, aten.pad.default)) == 1
+    _assert_same(expected, got)
+
+
+def _attention(x, **kwargs):
+    q, k, v = x.unbind(0)
+    return F.scaled_dot_product_attention(q, k, v, **kwargs)
+
+
+def test_unbind_becomes_one_select_per_item():
+    module, changed, expected, got = _rewrite(lambda x: x.unbind(1), (2, 3, 4), unbind_to_select)
+    assert changed == 1 and not _calls(module, aten.unbind.int) and len(_calls(module, aten.select.int)) == 3
+    _assert_same(expected, got)
+
+
+def test_plain_attention_is_written_out():
+    module, changed, expected, got = _rewrite(_attention, (3, 2, 4, 5, 8), sdpa_to_matmul_softmax)
+    assert changed == 1 and not _calls(module, aten.scaled_dot_product_attention.default)
+    assert len(_calls(module, aten.matmul.default)) == 2 and len(_calls(module, aten.softmax.int)) == 1
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)  # float: summation order differs
+
+
+def test_causal_attention_is_left_alone():
+    module, changed, expected, got = _rewrite(lambda x: _attention(x, is_causal=True), (3, 2, 4, 5, 8),
+                                              sdpa_to_matmul_softmax)
+    assert changed == 0 and len(_calls(module, aten.scaled_dot_product_attention.default)) == 1
     _assert_same(expected, got)

@@ -1,4 +1,4 @@
-"""Every name of the user's specification (partitioner-api.rst, DESIGN §2) exists and behaves as written."""
+"""Every name of the user's specification (the public API the README documents) exists and behaves as written."""
 
 import subprocess
 import sys

@@ -20,12 +20,13 @@ import pytest
 import torch
 from ai_edge_litert import schema_py_generated as schema
 from executorch.exir import EdgeProgramManager, ExecutorchProgramManager, to_edge_transform_and_lower
-from executorch.exir.backend.backend_details import BackendDetails, PreprocessResult
+from executorch.exir.backend.backend_details import PreprocessResult
 from executorch.exir.backend.partitioner import DelegationSpec, Partitioner, PartitionResult
 from executorch.exir.dialects._ops import ops as exir_ops
 from numerics import qdq
 
 from neutron_backend import payload as payload_module
+from neutron_backend.backend import NeutronBackend
 from neutron_backend.ir import IRBuilder
 from neutron_backend.payload import DeployablePayload, EmulationPayload, TensorSpec
 from neutron_backend.runtime import (
@@ -38,21 +39,6 @@ from neutron_backend.runtime import (
     load_pte,
     register,
 )
-
-try:
-    from neutron_backend.backend import NeutronBackend
-except ModuleNotFoundError as exc:
-    if exc.name != "neutron_backend.backend":
-        raise
-
-    class NeutronBackend(BackendDetails):  # type: ignore[no-redef]
-        """Stand-in until the real lowering (neutron_backend/backend.py) lands: exir finds a backend by class
-        name, and every test below patches ``preprocess``."""
-
-        @staticmethod
-        def preprocess(edge_program: torch.export.ExportedProgram, compile_specs: list) -> PreprocessResult:
-            raise NotImplementedError("patched by the tests")
-
 
 EDGE_ADD = exir_ops.edge.aten.add.Tensor
 SHAPE = (1, 3, 4, 5)

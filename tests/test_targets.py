@@ -1,4 +1,5 @@
-"""The target table: numbers from facts.md, lookups, and errors naming the valid targets."""
+"""The target table: numbers from NXP's published target data (cores, MACs, clocks), lookups, and errors naming the
+valid targets."""
 
 import pytest
 

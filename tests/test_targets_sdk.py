@@ -20,7 +20,7 @@ from neutron_backend.compile_spec import parse_compile_spec
 from neutron_backend.targets import get_target
 
 FAKE_DIR = Path(__file__).parent / "fake_converter"
-# The built-in table for imxrt700 (reference/facts.md): 8 pipes x 8 MACs.
+# The built-in table for imxrt700 (NXP's i.MX RT700 data: eIQ Neutron N3-64): 8 pipes x 8 MACs.
 TABLE_IMXRT700 = (8, 8)
 
 

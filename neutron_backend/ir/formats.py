@@ -1,28 +1,30 @@
 """Tensor format inference: which tensors are channels-first images (NCHW in torch, NHWC inside Neutron).
 
-Convolution and pooling force channels-first on their activation input and output; elementwise and
-quantization nodes carry the format through unchanged; reshapes, permutes and matmuls break the chain, so their
-outputs are formatless (same layout in torch and in the IR). Union-find over the carrying edges: linear time.
+Each operator declares its `Layout` (neutron_backend.ops): convolution and pooling force channels-first on their
+activation input and output; elementwise operators, cat, pads and reductions carry the format through unchanged
+(as do quantization nodes); reshapes, permutes and matmuls break the chain, so their outputs are formatless (same
+layout in torch and in the IR). Union-find over the carrying edges: linear time.
 """
 
 from __future__ import annotations
 
 import enum
+import functools
 
 from torch.fx import Graph, Node
 
-_FORCES_CHANNELS_FIRST = {
-    "convolution", "avg_pool2d", "_adaptive_avg_pool2d", "max_pool2d", "max_pool2d_with_indices",
-    "upsample_nearest2d", "upsample_bilinear2d", "_native_batch_norm_legit_no_training",
-}
-# Same-rank ops whose output layout follows their inputs'.
-_CARRIES_FORMAT = {
-    "quantize_per_tensor", "dequantize_per_tensor", "getitem", "relu", "hardtanh", "clamp", "add", "sub", "mul",
-    "maximum", "minimum", "cat", "clone", "_clone_dim_order", "_softmax", "mean", "sum", "amax", "amin", "sigmoid",
-    "tanh", "hardswish", "leaky_relu", "abs", "neg", "exp", "log", "rsqrt", "constant_pad_nd", "div",
-    "hardsigmoid", "silu", "prelu",
-    "slice_copy", "reflection_pad1d", "reflection_pad2d",
-}
+# Not operators but plumbing around them: quantization and the items of multi-output operators keep the format.
+_PLUMBING = {"dequantize_per_tensor", "getitem"}
+
+
+@functools.cache
+def _layouts() -> dict[str, object]:
+    """Base operator name -> Layout, from the operator declarations. Operators without one (and aliases, which name
+    operators before decomposition) break the chain: formatless is always a correct layout, at worst a slower one."""
+    from neutron_backend import ops
+
+    return {target._schema.name.split("::")[-1]: operator.layout
+            for operator in ops.operators() for target in operator.targets}
 
 
 class Format(enum.Enum):
@@ -53,14 +55,18 @@ class FormatMap:
     def __init__(self, graph: Graph) -> None:
         self._parent: dict[Node, Node] = {}
         forced: list[Node] = []
+        from neutron_backend.ops.base import Layout
+
+        layouts = _layouts()
         for node in graph.nodes:
             name = _name(node)
-            if name in _CARRIES_FORMAT:
+            layout = Layout.CARRIES if name in _PLUMBING else layouts.get(name)
+            if layout is Layout.CARRIES:
                 rank = _rank(node)
                 for source in node.all_input_nodes:
                     if _rank(source) == rank:
                         self._union(node, source)
-            if name in _FORCES_CHANNELS_FIRST:
+            if layout is Layout.CHANNELS_FIRST:
                 forced.append(node)
                 forced.append(node.args[0])
         self._channels_first = {self._find(node) for node in forced if isinstance(node, Node)}

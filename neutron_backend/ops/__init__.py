@@ -19,8 +19,8 @@ from neutron_backend.ops.base import (
     reject,
 )
 
-__all__ = ["SUPPORTED", "CheckContext", "NeutronOperator", "OpKind", "Verdict", "is_fusable", "lookup", "operators",
-           "reject", "schema_key"]
+__all__ = ["SUPPORTED", "CheckContext", "NeutronOperator", "OpKind", "Verdict", "is_fusable", "lookup", "lookup_name",
+           "operators", "reject", "schema_key"]
 
 _NOT_OPERATOR_MODULES = {"base", "edge", "limits", "support_table"}
 
@@ -59,6 +59,14 @@ def is_fusable(node: Any) -> bool:
     operator = lookup(node.target)
     return (operator is not None and operator.kind is OpKind.ACTIVATION and operator.fusable is not None
             and operator.fusable(node))
+
+
+def lookup_name(name: str) -> NeutronOperator:
+    """The registered operator named `name` (e.g. 'aten.convolution.default'); KeyError naming the known ones."""
+    by_name = {operator.name: operator for operator in operators()}
+    if name not in by_name:
+        raise KeyError(f"no registered operator {name!r}; registered: {sorted(by_name)}")
+    return by_name[name]
 
 
 def lookup(target: Any) -> NeutronOperator | None:

@@ -6,9 +6,24 @@ import math
 
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    Layout,
+    NeutronOperator,
+    OpKind,
+    QParamsContract,
+    Verdict,
+    arg,
+    reject,
+)
 from neutron_backend.ops.edge import edge
 from neutron_backend.ops.limits import VersionedLimit, applies
+from neutron_backend.quantizer.kinds import (
+    INDEPENDENT,
+    Clamp,
+    aten,
+)
 
 # Clamp bounds Neutron runs as an activation, with the TFLite activation each maps to.
 RELU_FORMS: dict[tuple[float, float], str] = {
@@ -45,18 +60,19 @@ def _fusable(node: Node) -> bool:
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
-    if relu_form(node) is not None:
-        return SUPPORTED
-    low, high = bounds(node)
-    if applies(RELU_BOUNDS_ONLY, ctx.flavor):
+    """Any bounds on the current converter: ReLU forms requantize, others clamp in the integer domain under their
+    declared contract. Converters before RELU_BOUNDS_ONLY.first_free_flavor run ReLU forms only."""
+    if relu_form(node) is None and applies(RELU_BOUNDS_ONLY, ctx.flavor):
+        low, high = bounds(node)
         return reject(f"clamp bounds ({low:g}, {high:g}) are not a ReLU form {sorted(RELU_FORMS)}; the converter of "
                       f"flavor {ctx.flavor} runs no other bounds (converters from "
                       f"{RELU_BOUNDS_ONLY.first_free_flavor} on do, with equal input and output qparams)")
-    in_q, out_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
-    if in_q is not None and out_q is not None and in_q == out_q:
-        return SUPPORTED
-    return reject(f"clamp bounds ({low:g}, {high:g}) are not a ReLU form {sorted(RELU_FORMS)} and input/output "
-                  "quantization differ; other bounds need equal input and output qparams")
+    return SUPPORTED
+
+
+def _contract(node: Node) -> QParamsContract:
+    """ReLU forms run as TFLite activations, which requantize; other bounds clamp integers, keeping the qparams."""
+    return QParamsContract.FREE if relu_form(node) is not None else QParamsContract.OUTPUT_EQUALS_INPUT
 
 
 def _convert(node: Node, ctx) -> None:
@@ -88,13 +104,32 @@ _CONSTRAINTS = ("bounds (0, inf), (0, 6), (-1, 1) run as RELU, RELU6, RELU_N1_TO
                 "convolution or linear layer; (0, 1) as RELU_0_TO_1; other bounds need equal input/output qparams "
                 "(clamped in the integer domain)")
 OPERATORS = [
-    NeutronOperator(name="aten.relu.default", targets=(edge("aten.relu.default"),), kind=OpKind.ACTIVATION,
+    NeutronOperator(name="aten.relu.default",
+                    annotated_as={
+                        aten.relu.default: INDEPENDENT,
+                        aten.relu_.default: INDEPENDENT,
+                    }, targets=(edge("aten.relu.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
                     constraints="fused into a preceding convolution or linear layer when it follows one",
-                    check=_check, fusable=_fusable, convert=_convert),
-    NeutronOperator(name="aten.hardtanh.default", targets=(edge("aten.hardtanh.default"),),
-                    kind=OpKind.ACTIVATION, constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
-                    versioned_limits=(RELU_BOUNDS_ONLY,)),
-    NeutronOperator(name="aten.clamp.default", targets=(edge("aten.clamp.default"),), kind=OpKind.ACTIVATION,
+                    check=_check, fusable=_fusable, convert=_convert,
+                    qparams=_contract),
+    NeutronOperator(name="aten.hardtanh.default",
+                    annotated_as={
+                        aten.relu6.default: INDEPENDENT,
+                        aten.hardtanh.default: Clamp(),
+                        aten.hardtanh_.default: Clamp(),
+                    }, aliases=("relu6",), targets=(edge("aten.hardtanh.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
                     constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
-                    versioned_limits=(RELU_BOUNDS_ONLY,)),
+                    qparams=_contract, versioned_limits=(RELU_BOUNDS_ONLY,)),
+    NeutronOperator(name="aten.clamp.default",
+                    annotated_as={
+                        aten.clamp.default: Clamp(),
+                        aten.clamp_.default: Clamp(),
+                        aten.clamp_min.default: Clamp(),
+                        aten.clamp_max.default: Clamp(),
+                    }, targets=(edge("aten.clamp.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
+                    constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
+                    qparams=_contract, versioned_limits=(RELU_BOUNDS_ONLY,)),
 ]

@@ -4,17 +4,42 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-if TYPE_CHECKING:
-    from torch.fx import Node
+from torch.fx import Node
 
-    from neutron_backend.clusters import QParams
+if TYPE_CHECKING:
+    import torch
+
     from neutron_backend.delegation_options import CustomDelegationOptions
     from neutron_backend.ops.limits import VersionedLimit
     from neutron_backend.targets import NeutronTarget
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Quantization parameters read from a quantize/dequantize node."""
+
+    scale: float | tuple[float, ...] | None  # None: per-channel values not known while partitioning a fake program
+    zero_point: int | tuple[int, ...] | None
+    qmin: int
+    qmax: int
+    dtype: torch.dtype
+    axis: int | None = None
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+    @property
+    def symmetric(self) -> bool:
+        """True when every zero point is 0 (or, for unknown per-channel values, when the range is symmetric)."""
+        if self.zero_point is None:
+            return self.qmin == -self.qmax
+        zero_points = self.zero_point if isinstance(self.zero_point, tuple) else (self.zero_point,)
+        return all(z == 0 for z in zero_points)
 
 
 @dataclass(frozen=True)
@@ -42,6 +67,23 @@ class OpKind(enum.Enum):
     COMPUTE = "compute"  # does arithmetic; counts toward a partition's compute ops
     SHAPE = "shape"  # moves data only; alone in a partition it is a no-op
     ACTIVATION = "activation"  # fusable into a preceding conv/linear; standalone it is compute
+
+
+class QParamsContract(enum.Enum):
+    """How an operator's output qparams must relate to its inputs' (the partitioner enforces it for every node)."""
+
+    FREE = "free"  # the operator requantizes: any input and output qparams
+    OUTPUT_EQUALS_INPUT = "output equals input"  # moves or selects input values without rescaling them
+    SHARED = "all inputs and output shared"  # selects among several inputs' values without rescaling them
+    FIXED_OUTPUT = "fixed output"  # the int8 kernel produces one output quantization (its check names it)
+
+
+class Layout(enum.Enum):
+    """How an operator affects format inference (neutron_backend.ir.formats)."""
+
+    CHANNELS_FIRST = "channels first"  # its activation input and output are images (NCHW in torch, NHWC in the IR)
+    CARRIES = "carries"  # same-rank inputs and output share one format (elementwise, cat, pads, reductions...)
+    BREAKS = "breaks"  # its output's format is its own (reshapes, permutes, matmuls): formatless unless forced
 
 
 class CheckContext(Protocol):
@@ -91,6 +133,28 @@ class NeutronOperator:
     target_limits: Callable[[NeutronTarget], str] | None = None
     # Limits only older converters impose, applied per the compile spec's flavor (neutron_backend.ops.limits).
     versioned_limits: tuple[VersionedLimit, ...] = ()
+    # ATen names (no namespace or overload) a user may write for this operator: those it decomposes from or one of
+    # our passes rewrites into it ('linear' for addmm, 'div' for mul). operators_not_to_delegate matches them.
+    aliases: tuple[str, ...] = ()
+    layout: Layout = Layout.BREAKS
+    # The pre-dispatch ATen operators NeutronQuantizer annotates into this one, with how (quantizer/patterns.py kinds).
+    annotated_as: Mapping[Any, Any] = field(default_factory=dict)
+    # Requantizing steps its lowering has at most (each may round one output step away from torch's float
+    # requantization); None: one for an operator that computes, none for data movement (OpKind.SHAPE).
+    requantizations: int | None = None
+    # How output qparams relate to input qparams; a function when it depends on the node (clamp's bounds).
+    qparams: QParamsContract | Callable[[Node], QParamsContract] = QParamsContract.FREE
+
+    @property
+    def max_requantizations(self) -> int:
+        """How many requantizing steps the lowering has at most: the tolerance in output steps it may add."""
+        if self.requantizations is not None:
+            return self.requantizations
+        return 0 if self.kind is OpKind.SHAPE else 1
+
+    def qparams_contract(self, node: Node) -> QParamsContract:
+        """The qparams contract of this node."""
+        return self.qparams if isinstance(self.qparams, QParamsContract) else self.qparams(node)
 
     def is_no_op(self, node: Node) -> bool:
         """Whether the node moves data only (shape operators always; others when `no_op` says so)."""
@@ -99,11 +163,65 @@ class NeutronOperator:
         return self.no_op is not None and self.no_op(node)
 
     def verdict(self, node: Node, ctx: CheckContext) -> Verdict:
-        """Representability first, then the target's limits."""
-        verdict = self.check(node, ctx)
+        """The qparams contract first, then representability, then the target's limits."""
+        verdict = check_qparams_contract(self, node, ctx)
+        if verdict:
+            verdict = self.check(node, ctx)
         if verdict and self.check_target is not None:
             verdict = self.check_target(node, ctx)
         return verdict
+
+
+def _describe(q: QParams, other: QParams) -> str:
+    text = f"scale {q.scale:.6g}, zero point {q.zero_point}"
+    if (q.qmin, q.qmax, q.dtype) != (other.qmin, other.qmax, other.dtype):
+        text += f", range [{q.qmin}, {q.qmax}] {str(q.dtype).removeprefix('torch.')}"
+    return text
+
+
+def check_qparams_contract(operator: NeutronOperator, node: Node, ctx: CheckContext) -> Verdict:
+    """Whether the node's input and output qparams keep the operator's declared contract.
+
+    OUTPUT_EQUALS_INPUT compares the first input with the output, SHARED every activation input (weights aside).
+    Unknown qparams (an input that is not dequantized) are left to the cluster rules.
+    """
+    contract = operator.qparams_contract(node)
+    if contract not in (QParamsContract.OUTPUT_EQUALS_INPUT, QParamsContract.SHARED):
+        return SUPPORTED
+    output_q = ctx.output_qparams(node)
+    if output_q is None:
+        return SUPPORTED
+    name = node.target._schema.name.split("::")[-1]
+    positions = [0] if contract is QParamsContract.OUTPUT_EQUALS_INPUT else [
+        i for i in range(len(flat_inputs(node))) if i not in operator.weight_args]
+    for position in positions:
+        input_q = ctx.input_qparams(node, position)
+        if input_q is None or input_q == output_q:
+            continue
+        if contract is QParamsContract.OUTPUT_EQUALS_INPUT:
+            return reject(f"input and output are quantized differently ({_describe(input_q, output_q)} vs "
+                          f"{_describe(output_q, input_q)}); {name} keeps its input's qparams, so both must be "
+                          "equal (NeutronQuantizer shares them)")
+        return reject(f"input {position} is quantized with {_describe(input_q, output_q)} but the output with "
+                      f"{_describe(output_q, input_q)}; {name} needs all inputs and the output to share qparams "
+                      "(NeutronQuantizer does this)")
+    return SUPPORTED
+
+
+def flat_inputs(node: Node) -> list[Node]:
+    """The node's tensor arguments in argument order, list arguments flattened, duplicates kept."""
+    found: list[Node] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, Node):
+            found.append(value)
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                visit(item)
+
+    visit(node.args)
+    visit(tuple(node.kwargs.values()))
+    return found
 
 
 def shape_of(node: Any) -> tuple[int, ...]:

@@ -7,8 +7,10 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     arg,
     reject,
@@ -16,6 +18,10 @@ from neutron_backend.ops.base import (
 )
 from neutron_backend.ops.edge import edge
 from neutron_backend.ops.limits import VersionedLimit, applies
+from neutron_backend.quantizer.kinds import (
+    SharedAll,
+    aten,
+)
 
 CHANNEL_MULTIPLE = VersionedLimit("along the channel axis every input's channel count is a multiple of num_macs "
                                   "(CustomDelegationOptions(force_delegate_cat=True) overrides)")
@@ -27,15 +33,7 @@ def cat_dim(node: Node) -> int:
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
-    inputs = list(node.args[0])
-    output_q = ctx.output_qparams(node)
-    for index in range(len(inputs)):
-        input_q = ctx.input_qparams(node, index)
-        if input_q is not None and output_q is not None and input_q != output_q:
-            return reject(f"input {index} is quantized with scale {input_q.scale:.6g}, zero point "
-                          f"{input_q.zero_point} but the output with scale {output_q.scale:.6g}, zero point "
-                          f"{output_q.zero_point}; cat needs all inputs and the output to share qparams "
-                          "(NeutronQuantizer does this)")
+    """Nothing beyond the shared qparams (the declared contract, checked by the partitioner)."""
     return SUPPORTED
 
 
@@ -67,8 +65,13 @@ def _convert(node: Node, ctx) -> None:
 
 
 OPERATORS = [
-    NeutronOperator(name="aten.cat.default", targets=(edge("aten.cat.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.cat.default",
+                    annotated_as={
+                        aten.cat.default: SharedAll(),
+                    }, targets=(edge("aten.cat.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints="all inputs and the output share qparams",
                     check=_check, check_target=_check_target, convert=_convert, versioned_limits=(CHANNEL_MULTIPLE,),
-                    quantization="int8; all inputs and the output share one qparams"),
+                    quantization="int8; all inputs and the output share one qparams",
+                    qparams=QParamsContract.SHARED, requantizations=0),
 ]

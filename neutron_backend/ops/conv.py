@@ -26,6 +26,7 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
     Verdict,
@@ -35,6 +36,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.kinds import (
+    Weighted,
+    aten,
+)
 from neutron_backend.targets import NeutronTarget
 
 # Neutron's limits (facts.md, from NXP's Neutron documentation as applied by NXP's backend).
@@ -378,8 +383,15 @@ def _convert(node: Node, ctx) -> None:
 OPERATORS = [
     NeutronOperator(
         name="aten.convolution.default",
+         annotated_as={
+             aten.conv1d.default: Weighted(per_channel=True),
+             aten.conv2d.default: Weighted(per_channel=True),
+             aten.conv_transpose1d.default: Weighted(per_channel=True, transposed=True),
+             aten.conv_transpose2d.input: Weighted(per_channel=True, transposed=True),
+         },
         targets=(edge("aten.convolution.default"),),
-        kind=OpKind.COMPUTE,
+        aliases=("conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"),
+        layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,
         constraints=("1D or 2D; static weights and bias; kernel, stride, dilation <= 4096; "
                      "kH * kW * ceil_to(Cin, num_macs) <= 65535 (Cin per group when grouped); groups = 1, depthwise "
                      "(also with a channel multiplier) or split into one conv per group; transposed: groups = 1, "

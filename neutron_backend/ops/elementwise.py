@@ -10,13 +10,15 @@ from __future__ import annotations
 import numpy as np
 from torch.fx import Node
 
-from neutron_backend.clusters import flat_inputs, op_name
+from neutron_backend.clusters import flat_inputs
 from neutron_backend.ir import channels_last_perm
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     arg,
     numel,
@@ -25,6 +27,11 @@ from neutron_backend.ops.base import (
 )
 from neutron_backend.ops.edge import edge
 from neutron_backend.ops.limits import VersionedLimit, applies
+from neutron_backend.quantizer.kinds import (
+    INDEPENDENT,
+    SharedAll,
+    aten,
+)
 
 ONE_FULL_OPERAND = VersionedLimit("one input has the output's element count (no broadcasting of both inputs)")
 
@@ -52,19 +59,8 @@ def _check_arithmetic(node: Node, ctx: CheckContext) -> Verdict:
 
 
 def _check_selection(node: Node, ctx: CheckContext) -> Verdict:
-    """maximum/minimum pick one input's value without rescaling it, so every input and the output share qparams."""
-    verdict = _check_operands(node, ctx)
-    if not verdict:
-        return verdict
-    output_q = ctx.output_qparams(node)
-    for index in (0, 1):
-        input_q = ctx.input_qparams(node, index)
-        if input_q is not None and output_q is not None and input_q != output_q:
-            return reject(f"input {index} is quantized with scale {input_q.scale:.6g}, zero point "
-                          f"{input_q.zero_point} but the output with scale {output_q.scale:.6g}, zero point "
-                          f"{output_q.zero_point}; {op_name(node)} needs both inputs and the "
-                          "output to share qparams (NeutronQuantizer does this)")
-    return SUPPORTED
+    """maximum/minimum pick one input's value without rescaling it: their declared contract shares qparams."""
+    return _check_operands(node, ctx)
 
 
 def _keeps_memory_order(shape: tuple[int, ...], perm: tuple[int, ...]) -> bool:
@@ -126,21 +122,45 @@ def _converter(op: str, options_type: str | None):
 _ARITHMETIC = "two tensors (scalars become constants first); alpha = 1"
 _SELECTION = "two tensors; both inputs and the output share qparams"
 OPERATORS = [
-    NeutronOperator(name="aten.add.Tensor", targets=(edge("aten.add.Tensor"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.add.Tensor",
+                    annotated_as={
+                        aten.add.Tensor: INDEPENDENT,
+                        # In-place residuals (`x += y`, torchvision's MobileNetV3/EfficientNet blocks).
+                        aten.add_.Tensor: INDEPENDENT,
+                    }, targets=(edge("aten.add.Tensor"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("ADD", "AddOptionsT"),
                     versioned_limits=(ONE_FULL_OPERAND,)),
-    NeutronOperator(name="aten.sub.Tensor", targets=(edge("aten.sub.Tensor"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.sub.Tensor",
+                    annotated_as={
+                        aten.sub.Tensor: INDEPENDENT,
+                        aten.sub_.Tensor: INDEPENDENT,
+                    }, targets=(edge("aten.sub.Tensor"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_ARITHMETIC, check=_check_arithmetic, convert=_converter("SUB", "SubOptionsT"),
                     versioned_limits=(ONE_FULL_OPERAND,)),
-    NeutronOperator(name="aten.mul.Tensor", targets=(edge("aten.mul.Tensor"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.mul.Tensor",
+                    annotated_as={
+                        aten.mul.Tensor: INDEPENDENT,
+                        aten.mul_.Tensor: INDEPENDENT,
+                    }, aliases=("div",), targets=(edge("aten.mul.Tensor"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints="two tensors (scalars become constants first)", check=_check_operands,
                     convert=_converter("MUL", "MulOptionsT"), versioned_limits=(ONE_FULL_OPERAND,)),
-    NeutronOperator(name="aten.maximum.default", targets=(edge("aten.maximum.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.maximum.default",
+                    annotated_as={
+                        aten.maximum.default: SharedAll(),
+                    }, targets=(edge("aten.maximum.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_SELECTION, check=_check_selection, convert=_converter("MAXIMUM", None),
-                    versioned_limits=(ONE_FULL_OPERAND,),
-                    quantization="int8; both inputs and the output share one qparams"),
-    NeutronOperator(name="aten.minimum.default", targets=(edge("aten.minimum.default"),), kind=OpKind.COMPUTE,
+                    quantization="int8; both inputs and the output share one qparams", qparams=QParamsContract.SHARED,
+                    versioned_limits=(ONE_FULL_OPERAND,)),
+    NeutronOperator(name="aten.minimum.default",
+                    annotated_as={
+                        aten.minimum.default: SharedAll(),
+                    }, targets=(edge("aten.minimum.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=_SELECTION, check=_check_selection, convert=_converter("MINIMUM", None),
-                    versioned_limits=(ONE_FULL_OPERAND,),
-                    quantization="int8; both inputs and the output share one qparams"),
+                    quantization="int8; both inputs and the output share one qparams", qparams=QParamsContract.SHARED,
+                    versioned_limits=(ONE_FULL_OPERAND,)),
 ]

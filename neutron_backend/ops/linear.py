@@ -15,6 +15,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.kinds import (
+    Weighted,
+    aten,
+)
 
 
 def _operands(node: Node) -> tuple[Node | None, Node, Node]:
@@ -22,6 +26,19 @@ def _operands(node: Node) -> tuple[Node | None, Node, Node]:
     if len(node.args) == 3:
         return node.args[0], node.args[1], node.args[2]
     return None, node.args[0], node.args[1]
+
+
+def _output_feature_axis(weight: Node) -> int | None:
+    """The axis of the dequantized weight holding the output features: mm consumes [K, N], so 1 for a weight used
+    as it is, 0 for nn.Linear's [N, K] weight transposed on its way (permute_copy, t_copy); None when unknown."""
+    if weight.op != "call_function":
+        return 1
+    name = weight.target._schema.name.split("::")[-1] if hasattr(weight.target, "_schema") else ""
+    if name.startswith("dequantize"):
+        return 1
+    if name in ("permute_copy", "t_copy") and weight.args[0].op == "call_function":
+        return 0
+    return None
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
@@ -42,6 +59,10 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
             if value != 1:
                 return reject(f"{name}={value}; only alpha = beta = 1 is supported")
     weight_q = ctx.input_qparams(node, 2 if bias is not None else 1)
+    if weight_q is not None and weight_q.per_channel and weight_q.axis != _output_feature_axis(weight):
+        return reject(f"weights are quantized per channel along axis {weight_q.axis}, which is not the output "
+                      "features of this linear layer; Neutron takes one weight scale per output feature (or one "
+                      "per tensor)")
     if weight_q is not None and not weight_q.symmetric:
         return reject("weights must be quantized symmetrically (zero point 0); use NeutronQuantizer")
     return SUPPORTED
@@ -71,10 +92,14 @@ def _convert(node: Node, ctx) -> None:
     bias_id = -1
     if has_bias:
         bias_raw, b_q = ctx.weight(node, 0)
-        bias_float = (bias_raw.astype(np.float64).reshape(-1) - b_q.zero_point) * b_q.scale
-        bias = np.round(bias_float / (x_q.scale * w_q.scale)).astype(np.int32)
+        # Scales and zero points are scalars, or one per output feature when quantized per channel.
+        bias_float = ((bias_raw.astype(np.float64).reshape(-1) - np.asarray(b_q.zero_point, np.float64))
+                      * np.asarray(b_q.scale, np.float64))
+        bias_scale = x_q.scale * np.asarray(w_q.scale, np.float64)
+        bias = np.round(bias_float / bias_scale).astype(np.int32)
         bias_id = ctx.builder.add_tensor(ctx.name(f"{node.name}_bias"), bias.shape, "int32",
-                                         scale=x_q.scale * w_q.scale, zero_point=0, data=bias)
+                                         scale=bias_scale.tolist() if w_q.per_channel else float(bias_scale),
+                                         zero_point=0, data=bias)
     weight_id = ctx.builder.add_tensor(ctx.name(f"{node.name}_weights"), weights.shape, "int8",
                                        scale=w_q.scale, zero_point=0, data=weights)
     x = ctx.input(node, weight_index - 1)
@@ -87,10 +112,16 @@ def _convert(node: Node, ctx) -> None:
 
 _CONSTRAINTS = "rank-2 static weight (and bias); alpha = beta = 1; bias shape [P] or [1, P]"
 OPERATORS = [
-    NeutronOperator(name="aten.addmm.default", targets=(edge("aten.addmm.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.addmm.default",
+                    annotated_as={
+                        aten.linear.default: Weighted(per_channel=False),
+                    }, aliases=("linear",),
+                    targets=(edge("aten.addmm.default"),), kind=OpKind.COMPUTE,
                     constraints=_CONSTRAINTS, check=_check, macs=_macs, weight_args=(0, 2), convert=_convert,
-                    quantization="int8 activations; int8 symmetric per-tensor weights; int32 bias"),
-    NeutronOperator(name="aten.mm.default", targets=(edge("aten.mm.default"),), kind=OpKind.COMPUTE,
+                    quantization=("int8 activations; int8 symmetric weights, per tensor or per output feature; int32 "
+                                  "bias")),
+    NeutronOperator(name="aten.mm.default", aliases=("linear",),
+                    targets=(edge("aten.mm.default"),), kind=OpKind.COMPUTE,
                     constraints="rank-2 static weight", check=_check, macs=_macs, weight_args=(1,), convert=_convert,
-                    quantization="int8 activations; int8 symmetric per-tensor weights"),
+                    quantization="int8 activations; int8 symmetric weights, per tensor or per output feature"),
 ]

@@ -18,6 +18,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.kinds import (
+    SymmetricInputs,
+    aten,
+)
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
@@ -48,7 +52,10 @@ def _convert(node: Node, ctx) -> None:
 
 
 OPERATORS = [
-    NeutronOperator(name="aten.bmm.default", targets=(edge("aten.bmm.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.bmm.default",
+                    annotated_as={
+                        aten.bmm.default: SymmetricInputs(),
+                    }, targets=(edge("aten.bmm.default"),), kind=OpKind.COMPUTE,
                     constraints="both input zero points 0 (rank 3 by definition)", check=_check, macs=_macs,
                     convert=_convert,
                     quantization="int8 activations; both inputs symmetric (zero point 0)"),

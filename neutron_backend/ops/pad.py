@@ -6,9 +6,24 @@ import numpy as np
 import torch
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject, shape_of
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    Layout,
+    NeutronOperator,
+    OpKind,
+    QParamsContract,
+    Verdict,
+    arg,
+    reject,
+    shape_of,
+)
 from neutron_backend.ops.edge import edge
 from neutron_backend.ops.shape import to_ir_order, value_layout
+from neutron_backend.quantizer.kinds import (
+    SHARED,
+    aten,
+)
 
 
 def _torch_paddings(node: Node) -> list[tuple[int, int]]:
@@ -25,10 +40,6 @@ def _check_pad_list(node: Node, ctx: CheckContext) -> Verdict:
     pad = node.args[1]
     if any(p < 0 for p in pad):
         return reject(f"negative padding {list(pad)} (cropping) is not supported; slice the tensor instead")
-    input_q, output_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
-    if input_q is not None and output_q is not None and input_q != output_q:
-        return reject(f"input and output are quantized differently (scale {input_q.scale:.6g} vs "
-                      f"{output_q.scale:.6g}); padding must keep its input's qparams (NeutronQuantizer shares them)")
     return SUPPORTED
 
 
@@ -88,13 +99,21 @@ def _convert_reflection(node: Node, ctx) -> None:
 _SHARED = "int8; output shares the input's qparams"
 _NO_OP = "alone in a partition it is a no-op and stays on the CPU"
 OPERATORS = [
-    NeutronOperator(name="aten.constant_pad_nd.default", targets=(edge("aten.constant_pad_nd.default"),),
-                    kind=OpKind.SHAPE,
+    NeutronOperator(name="aten.constant_pad_nd.default",
+                    annotated_as={
+                        aten.pad.default: SHARED,
+                        aten.constant_pad_nd.default: SHARED,
+                    }, aliases=("pad",),
+                    targets=(edge("aten.constant_pad_nd.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.SHAPE,
                     constraints=("non-negative pads; the pad value within the range of the input's qparams; "
                                  f"{_NO_OP}"),
-                    check=_check_constant, convert=_convert_constant, quantization=_SHARED),
-    *(NeutronOperator(name=f"aten.{name}.default", targets=(edge(f"aten.{name}.default"),), kind=OpKind.SHAPE,
+                    check=_check_constant, convert=_convert_constant, quantization=_SHARED,
+                    qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
+    *(NeutronOperator(name=f"aten.{name}.default", targets=(edge(f"aten.{name}.default"),), aliases=("pad",),
+                      annotated_as={getattr(aten, name).default: SHARED}, layout=Layout.CARRIES, kind=OpKind.SHAPE,
                       constraints=f"non-negative pads (torch keeps each smaller than its dim); {_NO_OP}",
-                      check=_check_pad_list, convert=_convert_reflection, quantization=_SHARED)
+                      check=_check_pad_list, convert=_convert_reflection, quantization=_SHARED,
+                      qparams=QParamsContract.OUTPUT_EQUALS_INPUT)
       for name in ("reflection_pad1d", "reflection_pad2d")),
 ]

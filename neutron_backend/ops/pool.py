@@ -7,8 +7,10 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     arg,
     pair,
@@ -16,6 +18,10 @@ from neutron_backend.ops.base import (
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.kinds import (
+    SHARED,
+    aten,
+)
 
 MAX_KERNEL_STRIDE = 4096
 
@@ -128,19 +134,34 @@ def _convert_max(node: Node, ctx) -> None:
 
 
 OPERATORS = [
-    NeutronOperator(name="aten.avg_pool2d.default", targets=(edge("aten.avg_pool2d.default"),),
-                    kind=OpKind.COMPUTE, constraints=("no ceil_mode; no divisor_override; kernel, stride <= 4096; "
+    NeutronOperator(name="aten.avg_pool2d.default",
+                    annotated_as={
+                        aten.avg_pool2d.default: SHARED,
+                    }, aliases=("avg_pool1d",), targets=(edge("aten.avg_pool2d.default"),),
+                    layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,
+                    constraints=("no ceil_mode; no divisor_override; kernel, stride <= 4096; "
                                                       "padding only with count_include_pad"),
                     check=_check_avg, check_target=_check_avg_target, convert=_convert_avg,
-                    quantization="int8; output shares the input's qparams"),
+                    quantization="int8; output shares the input's qparams",
+                    qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten._adaptive_avg_pool2d.default",
-                    targets=(edge("aten._adaptive_avg_pool2d.default"),), kind=OpKind.COMPUTE,
+                    annotated_as={
+                        aten.adaptive_avg_pool2d.default: SHARED,
+                    }, aliases=("adaptive_avg_pool2d",),
+                    targets=(edge("aten._adaptive_avg_pool2d.default"),),
+                    layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,
                     constraints="input size divisible by output size; resulting kernel, stride <= 4096",
                     check=_check_adaptive, convert=_convert_adaptive,
-                    quantization="int8; output shares the input's qparams"),
+                    quantization="int8; output shares the input's qparams",
+                    qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten.max_pool2d_with_indices.default",
+                    annotated_as={
+                        aten.max_pool2d.default: SHARED,
+                    }, aliases=("max_pool2d", "max_pool1d"),
                     targets=(edge("aten.max_pool2d_with_indices.default"), edge("aten.max_pool2d.default")),
-                    kind=OpKind.COMPUTE, constraints="dilation 1; no ceil_mode; indices unused; stride <= 4096",
+                    layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,
+                    constraints="dilation 1; no ceil_mode; indices unused; stride <= 4096", requantizations=0,
                     check=_check_max, check_target=_check_max_target, convert=_convert_max,
-                    quantization="int8; output shares the input's qparams"),
+                    quantization="int8; output shares the input's qparams",
+                    qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
 ]

@@ -8,8 +8,22 @@ import math
 import numpy as np
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject, shape_of
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    Layout,
+    NeutronOperator,
+    OpKind,
+    QParamsContract,
+    Verdict,
+    arg,
+    shape_of,
+)
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.kinds import (
+    SHARED,
+    aten,
+)
 
 
 def reduced_dims(node: Node) -> list[int]:
@@ -29,16 +43,6 @@ def _reduces_nothing(node: Node) -> bool:
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
-    return SUPPORTED
-
-
-def _check_shared(node: Node, ctx: CheckContext) -> Verdict:
-    """max/min pick an input value, so their output must keep the input's qparams to be exact."""
-    input_q, output_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
-    if input_q is not None and output_q is not None and input_q != output_q:
-        return reject(f"input and output are quantized differently (scale {input_q.scale:.6g} vs "
-                      f"{output_q.scale:.6g}); a max/min reduction must keep its input's qparams "
-                      "(NeutronQuantizer shares them)")
     return SUPPORTED
 
 
@@ -100,19 +104,33 @@ def _convert_sum(node: Node, ctx) -> None:
 _NO_OP = "a reduction over size-1 dims alone is a no-op"
 _SHARED = "int8; output shares the input's qparams"
 OPERATORS = [
-    NeutronOperator(name="aten.mean.dim", targets=(edge("aten.mean.dim"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.mean.dim", annotated_as={aten.mean.dim: SHARED}, aliases=("adaptive_avg_pool2d",),
+                    targets=(edge("aten.mean.dim"),), layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
                     check=_check, no_op=_reduces_nothing, convert=_converter("MEAN"), quantization=_SHARED),
-    NeutronOperator(name="aten.sum.dim_IntList", targets=(edge("aten.sum.dim_IntList"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.sum.dim_IntList",
+                    annotated_as={
+                        aten.sum.dim_IntList: SHARED,
+                        aten.sum.default: SHARED,
+                    }, targets=(edge("aten.sum.dim_IntList"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=("output shares the input's qparams, so a sum outside the input's range saturates "
                                  f"(as in the quantized PyTorch model); lowered as MEAN then MUL; {_NO_OP}"),
                     check=_check, no_op=_reduces_nothing, convert=_convert_sum, quantization=_SHARED),
-    NeutronOperator(name="aten.amax.default", targets=(edge("aten.amax.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten.amax.default",
+                    annotated_as={
+                        aten.amax.default: SHARED,
+                    }, targets=(edge("aten.amax.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
-                    check=_check_shared, no_op=_reduces_nothing, convert=_converter("REDUCE_MAX"),
-                    quantization=_SHARED),
-    NeutronOperator(name="aten.amin.default", targets=(edge("aten.amin.default"),), kind=OpKind.COMPUTE,
+                    check=_check, no_op=_reduces_nothing, convert=_converter("REDUCE_MAX"),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
+    NeutronOperator(name="aten.amin.default",
+                    annotated_as={
+                        aten.amin.default: SHARED,
+                    }, targets=(edge("aten.amin.default"),),
+                    layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=f"output shares the input's qparams; {_NO_OP}",
-                    check=_check_shared, no_op=_reduces_nothing, convert=_converter("REDUCE_MIN"),
-                    quantization=_SHARED),
+                    check=_check, no_op=_reduces_nothing, convert=_converter("REDUCE_MIN"),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict
+from neutron_backend.ops.base import SUPPORTED, CheckContext, Layout, NeutronOperator, OpKind, Verdict
 from neutron_backend.ops.edge import edge
 
 
@@ -34,7 +34,7 @@ def _convert(node: Node, ctx) -> None:
 OPERATORS = [
     NeutronOperator(
         name="quantized_decomposed.quantize_per_tensor.default",
-        targets=(edge("quantized_decomposed.quantize_per_tensor.default"),), kind=OpKind.COMPUTE,
+        targets=(edge("quantized_decomposed.quantize_per_tensor.default"),), layout=Layout.CARRIES, kind=OpKind.COMPUTE,
         constraints=("only as a requantization: the quantize of a dequantized value between two quantized operators "
                      "(e.g. softmax -> cat); lowered as MUL by 1; alone in a partition it is not delegated"),
         check=_check, convert=_convert, no_op=lambda node: True, quantization="int8 per-tensor in and out"),

@@ -15,14 +15,20 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     arg,
     reject,
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.kinds import (
+    SHARED,
+    aten,
+)
 
 SUPPORTED_SCALES = (1, 2, 4, 8)
 
@@ -65,10 +71,6 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
                 return reject(f"scale_factor {factor:g} along {axis} does not equal output/input size "
                               f"{size_out}/{size_in}; PyTorch then samples with step 1/{factor:g}, which the resize "
                               "kernel cannot express: pass size= or recompute_scale_factor=True")
-    input_q, output_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
-    if input_q is not None and output_q is not None and input_q != output_q:
-        return reject(f"input and output are quantized differently (scale {input_q.scale:.6g} vs "
-                      f"{output_q.scale:.6g}); resizing must keep its input's qparams (NeutronQuantizer shares them)")
     return SUPPORTED
 
 
@@ -111,12 +113,22 @@ def _converter(op: str):
 _CONSTRAINTS = ("rank 4; static sizes; scale in {1, 2, 4, 8} per axis (out / in, or (out - 1) / (in - 1) with "
                 "align_corners); a given scale_factor must equal out / in")
 OPERATORS = [
-    NeutronOperator(name="aten.upsample_nearest2d.vec", targets=(edge("aten.upsample_nearest2d.vec"),),
-                    kind=OpKind.COMPUTE, constraints=_CONSTRAINTS, check=_check, check_target=_check_target,
+    NeutronOperator(name="aten.upsample_nearest2d.vec",
+                    annotated_as={
+                        aten.upsample_nearest2d.vec: SHARED,
+                    }, targets=(edge("aten.upsample_nearest2d.vec"),),
+                    layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,
+                    constraints=_CONSTRAINTS, check=_check, check_target=_check_target,
                     convert=_converter("RESIZE_NEAREST_NEIGHBOR"), no_op=_is_identity,
-                    quantization="int8; output shares the input's qparams"),
-    NeutronOperator(name="aten.upsample_bilinear2d.vec", targets=(edge("aten.upsample_bilinear2d.vec"),),
-                    kind=OpKind.COMPUTE, constraints=f"{_CONSTRAINTS}; align_corners True or False",
+                    quantization="int8; output shares the input's qparams",
+                    qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
+    NeutronOperator(name="aten.upsample_bilinear2d.vec",
+                    annotated_as={
+                        aten.upsample_bilinear2d.vec: SHARED,
+                    }, targets=(edge("aten.upsample_bilinear2d.vec"),),
+                    layout=Layout.CHANNELS_FIRST, kind=OpKind.COMPUTE,
+                    constraints=f"{_CONSTRAINTS}; align_corners True or False",
                     check=_check, check_target=_check_target, convert=_converter("RESIZE_BILINEAR"),
-                    no_op=_is_identity, quantization="int8; output shares the input's qparams"),
+                    no_op=_is_identity, quantization="int8; output shares the input's qparams",
+                    qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
 ]

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
+import torch
 from torch.fx import Node
 
-from neutron_backend.ops.base import SUPPORTED, CheckContext, NeutronOperator, OpKind, Verdict, arg, reject, shape_of
+from neutron_backend.ops.base import (
+    SUPPORTED,
+    CheckContext,
+    Layout,
+    NeutronOperator,
+    OpKind,
+    QParamsContract,
+    Verdict,
+    arg,
+    reject,
+    shape_of,
+)
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.kinds import (
+    SHARED,
+    aten,
+)
 
 
 def to_ir_order(values: Sequence, channels_last: bool) -> list:
@@ -23,11 +39,7 @@ def value_layout(node: Node, ctx) -> bool:
 
 
 def _check(node: Node, ctx: CheckContext) -> Verdict:
-    input_q, output_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
-    if input_q is not None and output_q is not None and input_q != output_q:
-        return reject(f"input and output are quantized differently (scale {input_q.scale:.6g} vs "
-                      f"{output_q.scale:.6g}); a data-movement operator must keep its input's qparams "
-                      "(NeutronQuantizer shares them)")
+    """Nothing beyond keeping the input's qparams (the declared contract, checked by the partitioner)."""
     return SUPPORTED
 
 
@@ -113,31 +125,87 @@ def _convert_clone(node: Node, ctx) -> None:
     ctx.alias(node, node.args[0])
 
 
+def _moved_like(node: Node, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor.reshape(shape_of(node))
+
+
+# Data movement that may stand between a constant's dequantize and the operator using it (a linear weight's
+# permute, ...), with how each applies to the constant: ClusterIndex treats exactly these as auxiliary nodes, and
+# lowering folds them into the constant the IR gets.
+CONSTANT_MOVES: dict[str, Callable[[Node, torch.Tensor], torch.Tensor]] = {
+    "permute_copy": lambda node, tensor: tensor.permute(*node.args[1]),
+    "view_copy": _moved_like,
+    "squeeze_copy": _moved_like,
+    "unsqueeze_copy": _moved_like,
+    "t_copy": lambda node, tensor: tensor.t(),
+    "expand_copy": lambda node, tensor: tensor.expand(node.args[1]),
+    "clone": lambda node, tensor: tensor,
+    "_clone_dim_order": lambda node, tensor: tensor,
+}
+
+
 _CONSTRAINTS = "static shape; alone in a partition it is a no-op and stays on the CPU"
 _SHARED = "int8; output shares the input's qparams"
 OPERATORS = [
-    NeutronOperator(name="aten.view_copy.default", targets=(edge("aten.view_copy.default"),), kind=OpKind.SHAPE,
+    NeutronOperator(name="aten.view_copy.default",
+                    annotated_as={
+                        aten.view.default: SHARED,
+                        aten.reshape.default: SHARED,
+                        aten.flatten.using_ints: SHARED,
+                    }, aliases=("view", "reshape", "flatten"),
+                    targets=(edge("aten.view_copy.default"),), kind=OpKind.SHAPE,
                     constraints=_CONSTRAINTS, check=_check, convert=_convert_view,
-                    quantization="int8; output shares the input's qparams"),
-    NeutronOperator(name="aten.permute_copy.default", targets=(edge("aten.permute_copy.default"),),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
+    NeutronOperator(name="aten.permute_copy.default",
+                    annotated_as={
+                        aten.transpose.int: SHARED,
+                        aten.permute.default: SHARED,
+                    }, aliases=("permute", "transpose"),
+                    targets=(edge("aten.permute_copy.default"),),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_permute,
-                    quantization="int8; output shares the input's qparams"),
-    NeutronOperator(name="aten.clone.default", targets=(edge("aten.clone.default"),
-                                                        edge("dim_order_ops._clone_dim_order.default")),
-                    kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_clone,
-                    quantization="int8; output shares the input's qparams"),
-    NeutronOperator(name="aten.slice_copy.Tensor", targets=(edge("aten.slice_copy.Tensor"),), kind=OpKind.SHAPE,
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
+    NeutronOperator(name="aten.clone.default",
+                    annotated_as={
+                        aten.clone.default: SHARED,
+                        # Identities and aliases (channel shuffle's `.contiguous()`, `.detach()`, eval-mode dropout):
+                        # data movement keeping the input's qparams, so no requantization splits the data movement.
+                        aten.contiguous.default: SHARED,
+                        aten.alias.default: SHARED,
+                        aten.detach.default: SHARED,
+                        aten.detach_.default: SHARED,
+                        aten.dropout.default: SHARED,
+                        aten.dropout_.default: SHARED,
+                    }, targets=(edge("aten.clone.default"), edge("dim_order_ops._clone_dim_order.default")),
+                    layout=Layout.CARRIES, kind=OpKind.SHAPE,
+                    constraints=_CONSTRAINTS, check=_check, convert=_convert_clone,
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
+    NeutronOperator(name="aten.slice_copy.Tensor",
+                    annotated_as={
+                        aten.slice.Tensor: SHARED,
+                        aten.narrow.default: SHARED,
+                    }, aliases=("slice", "narrow"),
+                    targets=(edge("aten.slice_copy.Tensor"),), layout=Layout.CARRIES, kind=OpKind.SHAPE,
                     constraints=f"step 1; {_CONSTRAINTS}", check=_check_slice,
-                    convert=_convert_slice, quantization=_SHARED),
-    NeutronOperator(name="aten.select_copy.int", targets=(edge("aten.select_copy.int"),), kind=OpKind.SHAPE,
+                    convert=_convert_slice, quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
+    NeutronOperator(name="aten.select_copy.int", annotated_as={aten.select.int: SHARED}, aliases=("select",),
+                    targets=(edge("aten.select_copy.int"),), kind=OpKind.SHAPE,
                     constraints=_CONSTRAINTS, check=_check, convert=_convert_select,
-                    quantization=_SHARED),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
     NeutronOperator(name="aten.squeeze_copy.dims",
+                    annotated_as={
+                        aten.squeeze.default: SHARED,
+                        aten.squeeze.dim: SHARED,
+                        aten.squeeze.dims: SHARED,
+                    }, aliases=("squeeze",),
                     targets=(edge("aten.squeeze_copy.dims"), edge("aten.squeeze_copy.dim"),
                              edge("aten.squeeze_copy.default")),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_reshape,
-                    quantization=_SHARED),
-    NeutronOperator(name="aten.unsqueeze_copy.default", targets=(edge("aten.unsqueeze_copy.default"),),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
+    NeutronOperator(name="aten.unsqueeze_copy.default",
+                    annotated_as={
+                        aten.unsqueeze.default: SHARED,
+                    }, aliases=("unsqueeze",),
+                    targets=(edge("aten.unsqueeze_copy.default"),),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_reshape,
-                    quantization=_SHARED),
+                    quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
 ]

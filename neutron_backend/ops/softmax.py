@@ -7,14 +7,24 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     numel,
     reject,
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.config import (
+    SOFTMAX_SCALE,
+    SOFTMAX_ZERO_POINT,
+)
+from neutron_backend.quantizer.kinds import (
+    FixedOutput,
+    aten,
+)
 
 MAX_CHANNELS = 2040
 MAX_OTHER = 4096
@@ -95,11 +105,16 @@ def _check_target(node: Node, ctx: CheckContext) -> Verdict:
 
 
 OPERATORS = [
-    NeutronOperator(name="aten._softmax.default", targets=(edge("aten._softmax.default"),), kind=OpKind.COMPUTE,
+    NeutronOperator(name="aten._softmax.default",
+                    annotated_as={
+                        aten.softmax.int: FixedOutput(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT,
+                                                      zero_point_0_scale=2 * SOFTMAX_SCALE),
+                    }, aliases=("softmax",),
+                    targets=(edge("aten._softmax.default"),), layout=Layout.CARRIES, kind=OpKind.COMPUTE,
                     constraints=("over the channel dim (1) or the last dim, transposed when the value's layout puts "
                                  f"the other one last; C <= {MAX_CHANNELS}; product of other dims <= {MAX_OTHER}; "
                                  f"total <= {MAX_TOTAL}"),
                     check=_check, check_target=_check_target, convert=_convert,
                     quantization=("int8; output fixed at scale 1/256, zero point -128 (1/128, zero point 0 when it "
-                                  "feeds an input that needs zero point 0)")),
+                                  "feeds an input that needs zero point 0)"), qparams=QParamsContract.FIXED_OUTPUT),
 ]

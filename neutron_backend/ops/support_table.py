@@ -14,10 +14,11 @@ import re
 import textwrap
 
 from neutron_backend import ops
+from neutron_backend.ops.base import QParamsContract
 from neutron_backend.targets import NeutronTarget, get_target, list_targets
 
-COLUMNS = ("Operator", "Compute DType", "Quantization", "Constraints")
-TARGET_COLUMNS = (*COLUMNS, "Limits on target")
+COLUMNS = ("Operator", "Compute DType", "Quantization", "Constraints", "QParams contract", "Also written as")
+TARGET_COLUMNS = (*COLUMNS[:4], "Limits on target", *COLUMNS[4:])
 
 _TARGET_NUMBERS = re.compile(r"\b(num_macs|num_pipes)\b")
 
@@ -32,13 +33,20 @@ def _constraints(operator: ops.NeutronOperator) -> str:
 
 
 def support_rows(target: str | NeutronTarget | None = None) -> list[tuple[str, ...]]:
-    """One row per registered operator, sorted by name; with a target, constraints evaluated for it and a
-    fifth column with its limits in numbers."""
+    """One row per registered operator, sorted by name (COLUMNS); with a target, constraints evaluated for it and
+    its limits in numbers after them (TARGET_COLUMNS)."""
     if target is None:
-        return [(op.name, "int8", op.quantization, _constraints(op)) for op in ops.operators()]
+        return [(op.name, "int8", op.quantization, _constraints(op), *_declared(op)) for op in ops.operators()]
     chosen = target if isinstance(target, NeutronTarget) else get_target(target)
     return [(op.name, "int8", op.quantization, _evaluate(_constraints(op), chosen),
-             op.target_limits(chosen) if op.target_limits is not None else "") for op in ops.operators()]
+             op.target_limits(chosen) if op.target_limits is not None else "", *_declared(op))
+            for op in ops.operators()]
+
+
+def _declared(op: ops.NeutronOperator) -> tuple[str, str]:
+    """The qparams contract (the partitioner enforces it) and the names a user may write for the operator."""
+    contract = op.qparams.value if isinstance(op.qparams, QParamsContract) else "depends on the node (see constraints)"
+    return contract, " ".join(op.aliases)
 
 
 def support_csv(target: str | NeutronTarget | None = None) -> str:
@@ -63,7 +71,11 @@ def support_text(target: str | NeutronTarget | None = None, width: int = 120) ->
         lines += ["", row[0], *textwrap.wrap(f"quantization: {row[2]}", width, initial_indent="  ",
                                              subsequent_indent="    ")]
         lines += textwrap.wrap(f"constraints: {row[3]}", width, initial_indent="  ", subsequent_indent="    ")
-        if len(row) > 4 and row[4]:
+        contract, aliases = row[-2:]
+        lines.append(f"  qparams contract: {contract}")
+        if aliases:
+            lines.append(f"  also written as: {aliases}")
+        if chosen is not None and row[4]:
             lines += textwrap.wrap(f"limits: {row[4]}", width, initial_indent="  ", subsequent_indent="    ")
     return "\n".join(lines) + "\n"
 

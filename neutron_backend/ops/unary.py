@@ -21,14 +21,22 @@ from torch.fx import Node
 from neutron_backend.ops.base import (
     SUPPORTED,
     CheckContext,
+    Layout,
     NeutronOperator,
     OpKind,
+    QParamsContract,
     Verdict,
     arg,
     reject,
     shape_of,
 )
 from neutron_backend.ops.edge import edge
+from neutron_backend.quantizer.kinds import (
+    INDEPENDENT,
+    FixedOutput,
+    Slope,
+    aten,
+)
 
 # Output qparams int8 LOGISTIC and TANH produce (facts.md: "Fixed output qparams"); TFLite's int8 LOGISTIC kernel
 # refuses any other output quantization.
@@ -177,35 +185,82 @@ def _convert_silu(node: Node, ctx) -> None:
 _INT8 = "int8 input and output"
 
 
-def _operator(name: str, check: Callable[[Node, CheckContext], Verdict], convert: Callable[[Node, object], None],
-              constraints: str = _INT8, **kwargs) -> NeutronOperator:
+def _operator(name: str, annotated_as: dict, check: Callable[[Node, CheckContext], Verdict],
+              convert: Callable[[Node, object], None], constraints: str = _INT8, **kwargs) -> NeutronOperator:
+    # Every unary operator here is elementwise: its output keeps its input's format.
     return NeutronOperator(name=name, targets=(edge(name),), kind=OpKind.COMPUTE, constraints=constraints,
-                           check=check, convert=convert, **kwargs)
+                           check=check, convert=convert, layout=Layout.CARRIES, annotated_as=annotated_as, **kwargs)
 
 
 OPERATORS = [
-    _operator("aten.sigmoid.default", _fixed_output("sigmoid (LOGISTIC)", SIGMOID_SCALE, SIGMOID_ZERO_POINT, "1/256"),
-              _unary("LOGISTIC"), quantization="int8; output fixed at scale 1/256, zero point -128"),
-    _operator("aten.tanh.default", _fixed_output("tanh", TANH_SCALE, TANH_ZERO_POINT, "1/128"), _unary("TANH"),
-              quantization="int8; output fixed at scale 1/128, zero point 0"),
-    _operator("aten.hardswish.default", _int8_only, _unary("HARD_SWISH"),
+    _operator("aten.sigmoid.default",
+              {
+                  aten.sigmoid.default: FixedOutput(SIGMOID_SCALE, SIGMOID_ZERO_POINT),
+                  aten.sigmoid_.default: FixedOutput(SIGMOID_SCALE, SIGMOID_ZERO_POINT),
+              }, _fixed_output("sigmoid (LOGISTIC)", SIGMOID_SCALE, SIGMOID_ZERO_POINT, "1/256"),
+              _unary("LOGISTIC"), quantization="int8; output fixed at scale 1/256, zero point -128",
+              qparams=QParamsContract.FIXED_OUTPUT),
+    _operator("aten.tanh.default",
+              {
+                  aten.tanh.default: FixedOutput(TANH_SCALE, TANH_ZERO_POINT),
+                  aten.tanh_.default: FixedOutput(TANH_SCALE, TANH_ZERO_POINT),
+              }, _fixed_output("tanh", TANH_SCALE, TANH_ZERO_POINT, "1/128"), _unary("TANH"),
+              quantization="int8; output fixed at scale 1/128, zero point 0",
+              qparams=QParamsContract.FIXED_OUTPUT),
+    _operator("aten.hardswish.default",
+              {
+                  aten.hardswish.default: INDEPENDENT,
+                  aten.hardswish_.default: INDEPENDENT,
+              }, _int8_only, _unary("HARD_SWISH"),
               constraints=f"{_INT8}; kept whole through decomposition when quantized"),
-    _operator("aten.hardsigmoid.default", _int8_only, _convert_hardsigmoid,
+    _operator("aten.hardsigmoid.default",
+              {
+                  aten.hardsigmoid.default: INDEPENDENT,
+                  aten.hardsigmoid_.default: INDEPENDENT,
+              }, _int8_only, _convert_hardsigmoid,
               constraints=f"{_INT8}; kept whole through decomposition when quantized; runs as ADD 3 with fused "
                           "RELU6, then an exact MUL by 1/6"),
-    _operator("aten.silu.default", _int8_only, _convert_silu,
+    _operator("aten.silu.default",
+              {
+                  aten.silu.default: INDEPENDENT,
+                  aten.silu_.default: INDEPENDENT,
+              }, _int8_only, _convert_silu, requantizations=2,
               constraints=f"{_INT8}; kept whole through decomposition when quantized; runs as LOGISTIC then MUL"),
-    _operator("aten.leaky_relu.default", _int8_only, _unary("LEAKY_RELU", _leaky_relu_options),
+    _operator("aten.leaky_relu.default",
+              {
+                  aten.leaky_relu.default: INDEPENDENT,
+                  aten.leaky_relu_.default: INDEPENDENT,
+              }, _int8_only, _unary("LEAKY_RELU", _leaky_relu_options),
               constraints=f"{_INT8}; any negative slope"),
-    _operator("aten.prelu.default", _check_prelu, _convert_prelu,
+    _operator("aten.prelu.default", {aten.prelu.default: Slope()}, _check_prelu, _convert_prelu,
               constraints=(f"{_INT8}; constant slope, one or one per channel, quantized per tensor; rank > 2 needs "
                            "channels-first format; kept whole through decomposition when quantized"),
               quantization="int8 per-tensor activations; int8 symmetric per-tensor slope"),
-    _operator("aten.abs.default", _int8_only, _unary("ABS")),
-    _operator("aten.neg.default", _int8_only, _convert_neg, constraints=f"{_INT8}; runs as SUB from a zero constant"),
-    _operator("aten.exp.default", _int8_only, _unary("EXP")),
-    _operator("aten.log.default", _non_negative_input("LOG"), _unary("LOG"),
+    _operator("aten.abs.default",
+              {
+                  aten.abs.default: INDEPENDENT,
+                  aten.abs_.default: INDEPENDENT,
+              }, _int8_only, _unary("ABS")),
+    _operator("aten.neg.default",
+              {
+                  aten.neg.default: INDEPENDENT,
+                  aten.neg_.default: INDEPENDENT,
+              }, _int8_only, _convert_neg, constraints=f"{_INT8}; runs as SUB from a zero constant"),
+    _operator("aten.exp.default",
+              {
+                  aten.exp.default: INDEPENDENT,
+                  aten.exp_.default: INDEPENDENT,
+              }, _int8_only, _unary("EXP")),
+    _operator("aten.log.default",
+              {
+                  aten.log.default: INDEPENDENT,
+                  aten.log_.default: INDEPENDENT,
+              }, _non_negative_input("LOG"), _unary("LOG"),
               constraints=f"{_INT8}; input zero point -128 (non-negative input range)"),
-    _operator("aten.rsqrt.default", _non_negative_input("RSQRT"), _unary("RSQRT"),
+    _operator("aten.rsqrt.default",
+              {
+                  aten.rsqrt.default: INDEPENDENT,
+                  aten.rsqrt_.default: INDEPENDENT,
+              }, _non_negative_input("RSQRT"), _unary("RSQRT"),
               constraints=f"{_INT8}; input zero point -128 (non-negative input range)"),
 ]

@@ -1,20 +1,15 @@
-"""Which ATen ops the Neutron quantizer annotates, and how: one table, `PATTERNS`.
-
-Each entry maps an op target of the exported (pre-dispatch ATen) graph to an annotation kind. A kind
-annotates one anchor node so that after `convert_pt2e` it is a QDQ cluster: its tensor inputs come from
-dequantize and its output goes to quantize. Ops not in the table are left in float.
+"""`patterns()`, the table NeutronQuantizer reads (collected from the operator declarations), and the input
+requirements met at the producer.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
-from dataclasses import dataclass
+import functools
 
 import torch
 from torch.fx import GraphModule, Node
 from torchao.quantization.pt2e.quantizer import (
-    DerivedQuantizationSpec,
     FixedQParamsQuantizationSpec,
     QuantizationAnnotation,
     QuantizationSpec,
@@ -23,380 +18,28 @@ from torchao.quantization.pt2e.quantizer import (
 )
 from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
-from neutron_backend.quantizer.config import (
-    BIAS_QMAX,
-    BIAS_QMIN,
-    SIGMOID_SCALE,
-    SIGMOID_ZERO_POINT,
-    SOFTMAX_SCALE,
-    SOFTMAX_ZERO_POINT,
-    TANH_SCALE,
-    TANH_ZERO_POINT,
-    NeutronQuantizationConfig,
-    fixed_qparams_spec,
+from neutron_backend import ops
+from neutron_backend.quantizer.kinds import (
+    AnnotationKind,
+    ConfigOf,
+    FixedOutput,
+    SharedAll,
+    SymmetricInputs,
+    is_annotated,
 )
 
-aten = torch.ops.aten
 
-# Resolves the configuration a node is quantized with (None: left in float).
-ConfigOf = Callable[[Node], NeutronQuantizationConfig | None]
-
-
-def is_float_tensor(arg: object) -> bool:
-    """Returns whether `arg` is a graph node producing a float32 tensor, the only values we quantize.
-
-    Integer tensors (indices), float64 tensors and shapes (SymInt nodes) are never quantized.
-    """
-    if not isinstance(arg, Node):
-        return False
-    val = arg.meta.get("val")
-    return isinstance(val, torch.Tensor) and val.dtype == torch.float32
-
-
-def is_annotated(node: Node) -> bool:
-    """Returns whether a quantizer has already claimed `node`."""
-    annotation = node.meta.get(Q_ANNOTATION_KEY)
-    return annotation is not None and annotation._annotated
-
-
-def _set_annotation(
-    node: Node,
-    input_qspec_map: dict[Node, QuantizationSpecBase | None] | None = None,
-    output_qspec: QuantizationSpecBase | None = None,
-) -> None:
-    node.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
-        input_qspec_map=input_qspec_map or {}, output_qspec=output_qspec, _annotated=True
-    )
-
-
-_CLAMPS = (aten.clamp.default, aten.clamp_.default)
-_HARDTANHS = (aten.hardtanh.default, aten.hardtanh_.default)
-
-
-def _arg(node: Node, index: int, name: str, default: object) -> object:
-    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
-
-
-def _hardtanh_bounds(node: Node) -> tuple[float, float]:
-    """(min, max) of a hardtanh or clamp node (clamp_min/clamp_max included); a missing clamp bound is infinite."""
-    if node.target in _HARDTANHS:
-        return float(_arg(node, 1, "min_val", -1.0)), float(_arg(node, 2, "max_val", 1.0))
-    if node.target == aten.clamp_min.default:
-        low, high = _arg(node, 1, "min", None), None
-    elif node.target == aten.clamp_max.default:
-        low, high = None, _arg(node, 1, "max", None)
-    else:
-        low, high = _arg(node, 1, "min", None), _arg(node, 2, "max", None)
-    return (-float("inf") if low is None else float(low)), (float("inf") if high is None else float(high))
-
-
-# Clamp bounds the NPU runs as an activation function (RELU6, RELU_N1_TO_1, RELU_0_TO_1): their output
-# range is independent of the input's. Other bounds only clip, so the output keeps the input's qparams.
-_ACTIVATION_BOUNDS = frozenset({(0.0, float("inf")), (0.0, 6.0), (-1.0, 1.0), (0.0, 1.0)})
-# The ones TFLite's int8 conv/fully-connected kernels run as a fused activation (RELU, RELU6, RELU_N1_TO_1).
-_FUSABLE_BOUNDS = frozenset({(0.0, float("inf")), (0.0, 6.0), (-1.0, 1.0)})
-
-
-def _is_fusable_activation(node: Node) -> bool:
-    """Returns whether `node` is a ReLU, ReLU6 or ReLU_N1_TO_1 form (relu, relu6, hardtanh or clamp), which a
-    conv/linear runs fused (no requantization).
-
-    sigmoid and tanh are not: TFLite's int8 conv/fully-connected kernels fuse only these three, so a sigmoid or
-    tanh after a conv is its own LOGISTIC/TANH operator reading an int8 tensor, whose qparams the conv's output
-    observer provides.
-    """
-    if node.target in (aten.relu.default, aten.relu_.default, aten.relu6.default):
-        return True
-    return node.target in (*_HARDTANHS, *_CLAMPS) and _hardtanh_bounds(node) in _FUSABLE_BOUNDS
-
-
-def _is_batch_norm(node: Node) -> bool:
-    # Only seen in QAT graphs: prepare_pt2e folds batchnorm into the conv before annotation, while
-    # prepare_qat_pt2e fuses conv+batchnorm after annotation, keeping the conv's input and the batchnorm's
-    # output annotations.
-    return node.target == aten.batch_norm.default
-
-
-# What may follow a conv/linear inside its cluster, in order; each step is optional.
-_FUSED_TAIL_STEPS: tuple[Callable[[Node], bool], ...] = (_is_batch_norm, _is_fusable_activation)
-
-
-def _fused_tail(anchor: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> list[Node]:
-    """Returns the nodes fused after `anchor` (batchnorm, activation), each the single user of the previous
-    one and quantized with the same configuration."""
-    tail: list[Node] = []
-    current = anchor
-    for step in _FUSED_TAIL_STEPS:
-        users = list(current.users)
-        if len(users) != 1:
-            break
-        candidate = users[0]
-        if (
-            candidate.op == "call_function"
-            and step(candidate)
-            and not is_annotated(candidate)
-            and is_float_tensor(candidate)
-            and config_of(candidate) == config
-        ):
-            tail.append(candidate)
-            current = candidate
-    return tail
-
-
-def _derive_bias_qparams(obs_or_fqs: list) -> tuple[torch.Tensor, torch.Tensor]:
-    """Returns the bias scale s_in * s_w (per channel when the weight is per-channel) and zero points 0."""
-    act, weight = obs_or_fqs
-    act_scale, _ = act.calculate_qparams()
-    weight_scale, _ = weight.calculate_qparams()
-    scale = (act_scale * weight_scale).to(torch.float32)
-    return scale, torch.zeros_like(scale, dtype=torch.int32)
-
-
-@dataclass(frozen=True)
-class Weighted:
-    """conv/linear: input activation, weight, int32 bias derived as s_in * s_w; the output is quantized
-    after the fused batchnorm/activation tail. `transposed`: the weight is per-channel on axis 1."""
-
-    per_channel: bool
-    transposed: bool = False
-
-    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
-        x, weight = node.args[0], node.args[1]
-        bias = node.args[2] if len(node.args) > 2 else node.kwargs.get("bias")
-        if not (is_float_tensor(x) and is_float_tensor(weight) and is_float_tensor(node)):
-            return False
-        per_channel = self.per_channel
-        if self.transposed and (node.args[6] if len(node.args) > 6 else node.kwargs.get("groups", 1)) != 1:
-            # Axis 1 of a grouped transposed conv's weight holds Cout / groups channels, fewer than the bias has:
-            # per tensor keeps the bias scale consistent (the partitioner then rejects it with its reason).
-            per_channel = False
-        if not per_channel:
-            weight_spec = config.linear_weight
-        else:
-            weight_spec = config.conv_transpose_weight if self.transposed else config.conv_weight
-        input_map: dict[Node, QuantizationSpecBase | None] = {x: config.activation, weight: weight_spec}
-        if is_float_tensor(bias):
-            input_map[bias] = DerivedQuantizationSpec(
-                derived_from=[(x, node), (weight, node)],
-                derive_qparams_fn=_derive_bias_qparams,
-                dtype=torch.int32,
-                quant_min=BIAS_QMIN,
-                quant_max=BIAS_QMAX,
-                qscheme=torch.per_channel_symmetric if per_channel else torch.per_tensor_symmetric,
-                ch_axis=0 if per_channel else None,
-            )
-        tail = _fused_tail(node, config, config_of)
-        if not tail:
-            _set_annotation(node, input_map, config.activation)
-            return True
-        _set_annotation(node, input_map)
-        for inner in tail[:-1]:
-            _set_annotation(inner)
-        _set_annotation(tail[-1], output_qspec=config.activation)
-        return True
-
-
-@dataclass(frozen=True)
-class Independent:
-    """add, standalone relu/relu6: every tensor input and the output observed on their own."""
-
-    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
-        inputs = [arg for arg in node.args if isinstance(arg, Node)]
-        if not inputs or not all(is_float_tensor(arg) for arg in inputs) or not is_float_tensor(node):
-            return False
-        _set_annotation(node, dict.fromkeys(inputs, config.activation), config.activation)
-        return True
-
-
-@dataclass(frozen=True)
-class SharedWithInput:
-    """pools, reshapes, permute, mean, clone: the output keeps the input's qparams."""
-
-    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
-        x = node.args[0]
-        if not (is_float_tensor(x) and is_float_tensor(node)):
-            return False
-        _set_annotation(node, {x: config.activation}, SharedQuantizationSpec((x, node)))
-        return True
-
-
-@dataclass(frozen=True)
-class SharedAll:
-    """cat, maximum, minimum: all inputs and the output share one spec (the first input's)."""
-
-    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
-        first = node.args[0]
-        operands = first if isinstance(first, (list, tuple)) else [arg for arg in node.args if isinstance(arg, Node)]
-        inputs = list(dict.fromkeys(operands))
-        if not inputs or not all(is_float_tensor(arg) for arg in inputs) or not is_float_tensor(node):
-            return False
-        root = (inputs[0], node)
-        shared = SharedQuantizationSpec(root)
-        input_map: dict[Node, QuantizationSpecBase | None] = {inputs[0]: config.activation}
-        input_map.update(dict.fromkeys(inputs[1:], shared))
-        _set_annotation(node, input_map, shared)
-        return True
-
-
-@dataclass(frozen=True)
-class Clamp:
-    """hardtanh, clamp: an activation form (0..inf, 0..6, -1..1, 0..1) is observed on its own; other bounds share
-    the input's qparams."""
-
-    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
-        kind = Independent() if _hardtanh_bounds(node) in _ACTIVATION_BOUNDS else SharedWithInput()
-        return kind.annotate(node, config, config_of)
-
-
-@dataclass(frozen=True)
-class FixedOutput:
-    """softmax, sigmoid, tanh: input observed, output with the fixed qparams the NPU kernel produces.
-
-    `zero_point_0_scale`: the scale of the same range at zero point 0, when the operator's lowering can produce it
-    (softmax: 1/128), for consumers that need zero point 0 (see settle_input_specs)."""
-
-    scale: float
-    zero_point: int
-    zero_point_0_scale: float | None = None
-
-    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
-        x = node.args[0]
-        if not (is_float_tensor(x) and is_float_tensor(node)):
-            return False
-        _set_annotation(node, {x: config.activation}, fixed_qparams_spec(self.scale, self.zero_point))
-        return True
-
-
-def symmetric_activation(config: NeutronQuantizationConfig) -> QuantizationSpec:
-    """The activation spec with zero point 0 (per-tensor symmetric), for inputs that require it."""
-    return dataclasses.replace(config.activation, qscheme=torch.per_tensor_symmetric)
-
-
-@dataclass(frozen=True)
-class SymmetricInputs:
-    """bmm: both inputs symmetric (zero point 0), as Neutron's batch matmul requires; the output observed.
-
-    `settle_input_specs` meets the requirement at the producers, so no requantization separates them."""
-
-    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
-        a, b = node.args[0], node.args[1]
-        if not (is_float_tensor(a) and is_float_tensor(b) and is_float_tensor(node)):
-            return False
-        spec = symmetric_activation(config)
-        _set_annotation(node, {a: spec, b: spec}, config.activation)
-        return True
-
-
-@dataclass(frozen=True)
-class Slope:
-    """prelu: input and output observed on their own; the slope, a constant weight, int8 symmetric per tensor
-    (int8 PRELU takes one scale for all slopes)."""
-
-    def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
-        x, slope = node.args[0], node.args[1]
-        if not (is_float_tensor(x) and is_float_tensor(slope) and is_float_tensor(node)):
-            return False
-        _set_annotation(node, {x: config.activation, slope: config.linear_weight}, config.activation)
-        return True
-
-
-AnnotationKind = (Weighted | Independent | SharedWithInput | SharedAll | Clamp | FixedOutput | SymmetricInputs
-                  | Slope)
-
-_SHARED = SharedWithInput()
-_INDEPENDENT = Independent()
-
-PATTERNS: dict[torch._ops.OpOverload, AnnotationKind] = {
-    aten.conv1d.default: Weighted(per_channel=True),
-    aten.conv2d.default: Weighted(per_channel=True),
-    aten.conv_transpose1d.default: Weighted(per_channel=True, transposed=True),
-    aten.conv_transpose2d.input: Weighted(per_channel=True, transposed=True),
-    aten.linear.default: Weighted(per_channel=False),
-    aten.relu.default: _INDEPENDENT,
-    aten.relu_.default: _INDEPENDENT,
-    aten.relu6.default: _INDEPENDENT,
-    aten.hardtanh.default: Clamp(),
-    aten.hardtanh_.default: Clamp(),
-    aten.clamp.default: Clamp(),
-    aten.clamp_.default: Clamp(),
-    aten.clamp_min.default: Clamp(),
-    aten.clamp_max.default: Clamp(),
-    # Unary activations and math (neutron_backend/ops/unary.py); in-place variants as export produces them.
-    aten.sigmoid.default: FixedOutput(SIGMOID_SCALE, SIGMOID_ZERO_POINT),
-    aten.sigmoid_.default: FixedOutput(SIGMOID_SCALE, SIGMOID_ZERO_POINT),
-    aten.tanh.default: FixedOutput(TANH_SCALE, TANH_ZERO_POINT),
-    aten.tanh_.default: FixedOutput(TANH_SCALE, TANH_ZERO_POINT),
-    aten.hardswish.default: _INDEPENDENT,
-    aten.hardswish_.default: _INDEPENDENT,
-    aten.hardsigmoid.default: _INDEPENDENT,
-    aten.hardsigmoid_.default: _INDEPENDENT,
-    aten.silu.default: _INDEPENDENT,
-    aten.silu_.default: _INDEPENDENT,
-    aten.leaky_relu.default: _INDEPENDENT,
-    aten.leaky_relu_.default: _INDEPENDENT,
-    aten.prelu.default: Slope(),
-    aten.abs.default: _INDEPENDENT,
-    aten.abs_.default: _INDEPENDENT,
-    aten.neg.default: _INDEPENDENT,
-    aten.neg_.default: _INDEPENDENT,
-    aten.exp.default: _INDEPENDENT,
-    aten.exp_.default: _INDEPENDENT,
-    aten.log.default: _INDEPENDENT,
-    aten.log_.default: _INDEPENDENT,
-    aten.rsqrt.default: _INDEPENDENT,
-    aten.rsqrt_.default: _INDEPENDENT,
-    aten.add.Tensor: _INDEPENDENT,
-    aten.sub.Tensor: _INDEPENDENT,
-    # In-place residuals (`x += y`, torchvision's MobileNetV3/EfficientNet blocks) export as add_/sub_/mul_.
-    aten.add_.Tensor: _INDEPENDENT,
-    aten.sub_.Tensor: _INDEPENDENT,
-    aten.mul_.Tensor: _INDEPENDENT,
-    # Inputs observed (each follows its producer, see settle_input_specs), not NXP's fixed (1/256, 0): measured
-    # in bench/results/mul_qparams.md.
-    aten.mul.Tensor: _INDEPENDENT,
-    aten.maximum.default: SharedAll(),
-    aten.minimum.default: SharedAll(),
-    aten.bmm.default: SymmetricInputs(),
-    aten.transpose.int: _SHARED,
-    aten.max_pool2d.default: _SHARED,
-    aten.avg_pool2d.default: _SHARED,
-    aten.adaptive_avg_pool2d.default: _SHARED,
-    aten.mean.dim: _SHARED,
-    # Reductions and data movement keep the input's qparams (a sum beyond the input's range saturates).
-    aten.sum.dim_IntList: _SHARED,
-    aten.sum.default: _SHARED,
-    aten.amax.default: _SHARED,
-    aten.amin.default: _SHARED,
-    aten.slice.Tensor: _SHARED,
-    aten.narrow.default: _SHARED,
-    aten.select.int: _SHARED,
-    aten.squeeze.default: _SHARED,
-    aten.squeeze.dim: _SHARED,
-    aten.squeeze.dims: _SHARED,
-    aten.unsqueeze.default: _SHARED,
-    aten.pad.default: _SHARED,
-    aten.constant_pad_nd.default: _SHARED,
-    aten.reflection_pad1d.default: _SHARED,
-    aten.reflection_pad2d.default: _SHARED,
-    aten.upsample_nearest2d.vec: _SHARED,
-    aten.upsample_bilinear2d.vec: _SHARED,
-    aten.view.default: _SHARED,
-    aten.reshape.default: _SHARED,
-    aten.flatten.using_ints: _SHARED,
-    aten.permute.default: _SHARED,
-    aten.clone.default: _SHARED,
-    # Identities and aliases (channel shuffle's `.contiguous()`, `.detach()`, views of views): data movement
-    # whose output keeps the input's qparams, so no requantization splits the data movement around them.
-    aten.contiguous.default: _SHARED,
-    aten.alias.default: _SHARED,
-    aten.detach.default: _SHARED,
-    aten.detach_.default: _SHARED,
-    # Eval-mode dropout (e.g. before a classifier) is exported as aten.dropout and becomes a clone in edge.
-    aten.dropout.default: _SHARED,
-    aten.dropout_.default: _SHARED,
-    aten.cat.default: SharedAll(),
-    aten.softmax.int: FixedOutput(SOFTMAX_SCALE, SOFTMAX_ZERO_POINT, zero_point_0_scale=2 * SOFTMAX_SCALE),
-}
+@functools.cache
+def patterns() -> dict[torch._ops.OpOverload, AnnotationKind]:
+    """How NeutronQuantizer annotates each pre-dispatch ATen operator: read from the operator declarations
+    (`NeutronOperator.annotated_as` in neutron_backend/ops), so an operator's annotation lives with its rules."""
+    table: dict[torch._ops.OpOverload, AnnotationKind] = {}
+    for operator in ops.operators():
+        for target, kind in operator.annotated_as.items():
+            if target in table:
+                raise RuntimeError(f"{target} is annotated by two operator declarations, {operator.name} and another")
+            table[target] = kind
+    return table
 
 
 # -- input requirements met at the producer --------------------------------------------------------------------
@@ -449,7 +92,7 @@ def _symmetric_form(producer: Node, spec: QuantizationSpecBase,
     if isinstance(spec, FixedQParamsQuantizationSpec):
         if spec.zero_point == 0:
             return spec
-        kind = PATTERNS.get(producer.target)
+        kind = patterns().get(producer.target)
         if isinstance(kind, FixedOutput) and kind.zero_point_0_scale is not None:
             # softmax's [0, 1) at (1/256, -128) -> the same range at (1/128, 0).
             return dataclasses.replace(spec, scale=kind.zero_point_0_scale, zero_point=0)
@@ -496,12 +139,12 @@ def settle_input_specs(model: GraphModule, config_of: ConfigOf) -> int:
     annotated = [node for node in model.graph.nodes if is_annotated(node)]
     changed = 0
     for node in annotated:
-        if isinstance(PATTERNS.get(node.target), SymmetricInputs):
+        if isinstance(patterns().get(node.target), SymmetricInputs):
             for arg in list(node.meta[Q_ANNOTATION_KEY].input_qspec_map):
                 changed += _require_at_producer(node, arg)
     for node in annotated:
         config = config_of(node)
-        if config is None or isinstance(PATTERNS.get(node.target), (SharedAll, SymmetricInputs)):
+        if config is None or isinstance(patterns().get(node.target), (SharedAll, SymmetricInputs)):
             continue
         input_map = node.meta[Q_ANNOTATION_KEY].input_qspec_map
         for arg, spec in list(input_map.items()):

@@ -11,7 +11,8 @@ from torchao.quantization.pt2e.quantizer import Quantizer
 from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
 from neutron_backend.quantizer.config import NeutronQuantizationConfig, get_neutron_quantization_config
-from neutron_backend.quantizer.patterns import PATTERNS, is_annotated, is_float_tensor, settle_input_specs
+from neutron_backend.quantizer.kinds import is_annotated, is_float_tensor
+from neutron_backend.quantizer.patterns import patterns, settle_input_specs
 from neutron_backend.targets import NeutronTarget, get_target
 
 logger = logging.getLogger(__name__)
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 # traced or decomposed into, through to_edge), so the reason is mirrored to
 # node.meta["custom"][EXCLUDED_META_KEY] too.
 EXCLUDED_META_KEY = "neutron_quantizer_excluded"
+# Why the quantizer left a node in float although its configuration covers it (the partitioner reports it).
+SKIPPED_META_KEY = "neutron_quantizer_skipped"
 
 
 def _normalize_module_path(path: str) -> str:
@@ -144,7 +147,8 @@ class NeutronQuantizer(Quantizer):
     After calibration and `convert_pt2e`, every supported compute node is a QDQ cluster: activations int8
     per-tensor affine, conv weights int8 symmetric per-channel, linear weights int8 symmetric per-tensor,
     biases int32 with scale s_in * s_w, relu/relu6 fused into the preceding conv/linear. The supported ops and
-    how each is annotated are the table `neutron_backend.quantizer.patterns.PATTERNS`.
+    how each is annotated are declared with each operator (`NeutronOperator.annotated_as`, read by
+    `neutron_backend.quantizer.patterns.patterns()`).
 
     Configuration precedence for a node: `set_node_name`, then `set_module_name` (innermost matching module
     first), then `set_module_type` (innermost first), then `set_global`. A None configuration leaves the node in
@@ -228,16 +232,20 @@ class NeutronQuantizer(Quantizer):
         for node in model.graph.nodes:
             if node.op != "call_function" or is_annotated(node):
                 continue
-            kind = PATTERNS.get(node.target)
+            kind = patterns().get(node.target)
             if kind is None:
+                _record(node, SKIPPED_META_KEY, f"NeutronQuantizer has no rule for {node.target} and left it in "
+                                                "float")
                 continue
             config, reason = self._resolve(node)
             if config is None:
-                node.meta[EXCLUDED_META_KEY] = reason
-                node.meta.setdefault("custom", {})[EXCLUDED_META_KEY] = reason
+                _record(node, EXCLUDED_META_KEY, reason)
                 counts["excluded"] += 1
             elif kind.annotate(node, config, self._config_of):
                 counts["annotated"] += 1
+            else:
+                _record(node, SKIPPED_META_KEY, "NeutronQuantizer left it in float because an input or its output "
+                                                "is not a float32 tensor (it quantizes float32 values only)")
         counts["settled"] = settle_input_specs(model, self._config_of)
         self._warn_unmatched_node_names(model)
         logger.debug("NeutronQuantizer(%s): %s", self.target.name, counts)
@@ -264,4 +272,10 @@ class NeutronQuantizer(Quantizer):
                 raise ValueError(f"{node.name}: output is not a float32 tensor and cannot be quantized")
 
 
-__all__ = ["EXCLUDED_META_KEY", "NeutronQuantizer"]
+def _record(node: Node, key: str, reason: str) -> None:
+    """Leaves `reason` on the node, also in meta["custom"], which survives export and to_edge's decompositions."""
+    node.meta[key] = reason
+    node.meta.setdefault("custom", {})[key] = reason
+
+
+__all__ = ["EXCLUDED_META_KEY", "SKIPPED_META_KEY", "NeutronQuantizer"]
