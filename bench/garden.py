@@ -211,9 +211,9 @@ def _cell(value: Any, fmt: str = "{}") -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def write(result: dict) -> None:
+def write(result: dict, output: str = "garden") -> None:
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "garden.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS_DIR / f"{output}.json").write_text(json.dumps(result, indent=2) + "\n")
     info = result["machine"]
     lines = ["# Model garden: torchvision classification models, ours vs XNNPACK", "",
              __doc__.split("\n\n", 1)[1].split("\n\n    python")[0].strip(), "",
@@ -245,7 +245,7 @@ def write(result: dict) -> None:
                            "compute node(s) on the CPU):")
             details += [f"  - {count} x {reason}" for reason, count in ours["cpu_reasons"].items()]
     lines += ["", "## Compute nodes on the CPU, and why", "", *(details or ["None."])]
-    (RESULTS_DIR / "garden.md").write_text("\n".join(lines) + "\n")
+    (RESULTS_DIR / f"{output}.md").write_text("\n".join(lines) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -253,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help="comma-separated subset (default: the issue's list)")
     parser.add_argument("--skip-xnnpack", action="store_true")
     parser.add_argument("--skip-run", action="store_true", help="do not run the .pte on the host")
+    parser.add_argument("--output", default="garden", help="results name under bench/results/ (default garden)")
+    parser.add_argument("--merge", nargs="*", default=[], metavar="NAME",
+                        help="also take the rows of these earlier results (e.g. a second run's garden_part2)")
     parser.add_argument("--_model", help=argparse.SUPPRESS)
     parser.add_argument("--_out", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -262,10 +265,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     names = args.models.split(",") if args.models else list(MODELS)
     command = "python " + " ".join(["bench/garden.py", *(argv if argv is not None else sys.argv[1:])])
-    previous = RESULTS_DIR / "garden.json"
+    previous = RESULTS_DIR / f"{args.output}.json"
     rows: dict[str, dict] = {}
-    if args.models and previous.exists():
-        rows = {row["model"]: row for row in json.loads(previous.read_text())["rows"]}
+    for source in ([previous] if args.models and previous.exists() else []) + [RESULTS_DIR / f"{name}.json"
+                                                                            for name in args.merge]:
+        rows.update({row["model"]: row for row in json.loads(source.read_text())["rows"]})
     flags = [*(["--skip-xnnpack"] if args.skip_xnnpack else []), *(["--skip-run"] if args.skip_run else [])]
     for name in names:
         row = _in_subprocess(["--_model", name, *flags])
@@ -273,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         rows[name] = row
         print(json.dumps(row), flush=True)
         order = [n for n in MODELS if n in rows] + sorted(n for n in rows if n not in MODELS)
-        write(dict(command=command, machine=_machine(), rows=[rows[n] for n in order]))
+        write(dict(command=command, machine=_machine(), rows=[rows[n] for n in order]), args.output)
     return 0
 
 
