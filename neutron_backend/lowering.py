@@ -20,8 +20,6 @@ from torch.fx import Node
 from neutron_backend import ops
 from neutron_backend.clusters import (
     ClusterIndex,
-    QParams,
-    flat_inputs,
     is_dequantize,
     is_getitem,
     is_quantize,
@@ -32,7 +30,7 @@ from neutron_backend.clusters import (
 from neutron_backend.compile_spec import NeutronCompileOptions
 from neutron_backend.ir import IRBuilder, channels_last_perm, to_channels_last_shape
 from neutron_backend.ir.formats import FormatMap
-from neutron_backend.ops.base import shape_of
+from neutron_backend.ops.base import QParams, flat_inputs, shape_of
 from neutron_backend.ops.shape import CONSTANT_MOVES
 from neutron_backend.payload import TensorSpec
 

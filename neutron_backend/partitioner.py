@@ -24,8 +24,6 @@ from neutron_backend.backend import NeutronBackend
 from neutron_backend.clusters import (
     Cluster,
     ClusterIndex,
-    QParams,
-    flat_inputs,
     is_dequantize,
     is_qdq,
     op_name,
@@ -36,7 +34,7 @@ from neutron_backend.compile_spec import NeutronCompileOptions, OperatorName, or
 from neutron_backend.delegation_options import CustomDelegationOptions
 from neutron_backend.fallback import ConversionFailure, try_partition
 from neutron_backend.ir.formats import FormatMap
-from neutron_backend.ops.base import Verdict, reject
+from neutron_backend.ops.base import QParams, Verdict, flat_inputs, reject
 from neutron_backend.quantizer.quantizer import EXCLUDED_META_KEY, SKIPPED_META_KEY
 from neutron_backend.report import DelegationReport, build_report
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 from torch.fx import Node
 
-from neutron_backend.clusters import flat_inputs
 from neutron_backend.ir import channels_last_perm
 from neutron_backend.ops.base import (
     SUPPORTED,
@@ -21,6 +20,7 @@ from neutron_backend.ops.base import (
     QParamsContract,
     Verdict,
     arg,
+    flat_inputs,
     numel,
     reject,
     shape_of,
