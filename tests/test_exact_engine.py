@@ -4,7 +4,7 @@ Where each family of cases is checked:
 - every per-operator numerics case (`numerics.check_case`, used by test_lowering_numerics.py and test_ops_*.py) and
   every fuzz graph (`fuzz_graphs.check_graph`) compares the shim (exact engine, the default) with `emulate(...,
   kernels="reference")` and runs `cross_check` on random int8 delegate inputs;
-- here: every zoo model (MobileNetV2 marked slow), hypothesis-drawn fuzz graphs, and hand-built IR at the edges of the
+- here: every zoo model (MobileNetV2 marked slow), freshly drawn fuzz graphs, and hand-built IR at the edges of the
   integer arithmetic (saturation, zero points at the range ends, tiny and huge scales, per-channel scales, odd
   padding), run batched and per sample.
 """
@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
+import random
 
 import executorch.kernels.quantized  # noqa: F401  (out-variants of quantize/dequantize for to_executorch)
 import numpy as np
@@ -20,9 +22,7 @@ import pytest
 import torch
 from ai_edge_litert import schema_py_generated as schema
 from executorch.exir import to_edge_transform_and_lower
-from fuzz_graphs import FuzzModel, HypothesisDraw, draw_case
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from fuzz_graphs import FuzzModel, SeededDraw, draw_case
 
 from neutron_backend.compile_spec import generate_neutron_compile_spec
 from neutron_backend.ir import IRBuilder
@@ -95,17 +95,26 @@ def test_the_shim_and_emulate_run_the_engine_they_are_given(tmp_path) -> None:
 # -- fuzz graphs ------------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=6, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
-@given(data=st.data())
-def test_random_graphs_are_bit_identical(data: st.DataObject) -> None:
-    case = draw_case(HypothesisDraw(data))
-    example = (torch.randn(case.shape, generator=torch.Generator().manual_seed(0)),)
-    edge, report = _lower(FuzzModel(case.steps), example)
-    if report.num_partitions == 0:  # nothing delegated: nothing for the engines to disagree on
-        return
-    result = cross_check(edge, list(example), random_samples=3)
-    assert result.identical, f"{case}: {result}"
+FUZZ_GRAPHS = 6
+
+
+def test_random_graphs_are_bit_identical() -> None:
+    """Fresh seeds each run, as tests/test_fuzz.py (NEUTRON_FUZZ_SEED reproduces a run)."""
+    first = int(os.environ.get("NEUTRON_FUZZ_SEED", random.SystemRandom().randrange(10**6, 10**9)))
+    print(f"exact-engine fuzz seeds {first}..{first + FUZZ_GRAPHS - 1}")
+    compared = 0
+    for seed in range(first, first + FUZZ_GRAPHS):
+        case = draw_case(SeededDraw(seed))
+        example = (torch.randn(case.shape, generator=torch.Generator().manual_seed(0)),)
+        edge, report = _lower(FuzzModel(case.steps), example)
+        if report.num_partitions == 0:  # nothing delegated: nothing for the engines to disagree on
+            continue
+        compared += 1
+        result = cross_check(edge, list(example), random_samples=3)
+        assert result.identical, f"seed {seed}: {case}: {result}"
+    # The fuzz soak delegates about 80% of drawn operators, so a graph without any delegate is rare; with fewer
+    # than half of the graphs compared, this test would be checking next to nothing.
+    assert compared >= FUZZ_GRAPHS // 2, f"only {compared} of {FUZZ_GRAPHS} graphs had a Neutron delegate"
 
 
 # -- hand-built IR at the edges ---------------------------------------------------------------------------------
