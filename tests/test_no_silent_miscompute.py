@@ -395,3 +395,20 @@ def test_unsupported_and_never_quantized_operators_say_why() -> None:
     assert reasons["aten.bmm.default"] == ("not quantized: NeutronQuantizer has no rule for "
                                            "aten.scaled_dot_product_attention.default and left it in float"), reasons
     assert not any("quantize the model with NeutronQuantizer" in reason for reason in reasons.values()), reasons
+
+
+# The input's largest value: 10 x (127 - 94) = 330 (cross-quantizer soak graphs 520 and 796, whose .pte failed to
+# load with 'cannot convert float infinity to integer'), and 0.3 x (127 + 128) = 76.5 <= 88.72.
+@pytest.mark.parametrize(("scale", "zero_point", "delegated"), [(10.0, 94, False), (0.3, -128, True)])
+def test_exp_whose_float32_table_would_overflow_stays_on_the_cpu(scale, zero_point, delegated, tmp_path: Path) -> None:
+
+    class Exp(nn.Module):
+        def forward(self, x):
+            return qdq(torch.exp(qdq(x, scale, zero_point)), 2**20 / 127, -128)
+
+    report, (got,), (want,) = lower_and_run(Exp(), ((1, 4, 2, 7),), tmp_path)
+    (entry,) = compute_entries(report, "exp")
+    assert entry.delegated is delegated, entry.reason
+    if not delegated:
+        assert "whose exp overflows float32 (finite only up to 88.72)" in entry.reason, entry.reason
+    assert steps(got, want, 2**20 / 127) <= 1  # one requantizing operator

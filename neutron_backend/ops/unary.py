@@ -80,6 +80,27 @@ def _non_negative_input(function: str) -> Callable[[Node, CheckContext], Verdict
     return check
 
 
+# The largest x whose float32 exp(x) is finite: log(3.4028235e38).
+EXP_INPUT_LIMIT = 88.72
+
+
+def _check_exp(node: Node, ctx: CheckContext) -> Verdict:
+    """exp: the largest value the int8 input can hold must have a finite float32 exp.
+
+    TFLite's int8 EXP fills its table with float32 exp(x); past 88.72 that is infinite and its conversion to int8 is
+    undefined, so such an input range cannot be computed the same way as torch's (the cross-quantizer soak found it).
+    """
+    q = ctx.input_qparams(node, 0)
+    if q is None or q.per_channel or q.scale is None or q.zero_point is None:
+        return SUPPORTED
+    largest = q.scale * (q.qmax - q.zero_point)
+    if largest > EXP_INPUT_LIMIT:
+        return reject(f"the int8 input reaches {largest:g} (scale {q.scale:g} x ({q.qmax} - zero point "
+                      f"{q.zero_point})), whose exp overflows float32 (finite only up to {EXP_INPUT_LIMIT}); "
+                      f"quantize exp's input to a range ending at or below {EXP_INPUT_LIMIT}")
+    return SUPPORTED
+
+
 def _check_prelu(node: Node, ctx: CheckContext) -> Verdict:
     shape = shape_of(node)
     weight = node.args[1]  # torch itself checks it holds one slope or one per channel
@@ -250,7 +271,8 @@ OPERATORS = [
               {
                   aten.exp.default: INDEPENDENT,
                   aten.exp_.default: INDEPENDENT,
-              }, _int8_only, _unary("EXP")),
+              }, _check_exp, _unary("EXP"),
+              constraints=f"{_INT8}; the input's largest value at most {EXP_INPUT_LIMIT} (finite float32 exp)"),
     _operator("aten.log.default",
               {
                   aten.log.default: INDEPENDENT,
