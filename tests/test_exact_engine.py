@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import platform
 import random
 
 import executorch.kernels.quantized  # noqa: F401  (out-variants of quantize/dequantize for to_executorch)
@@ -32,7 +33,9 @@ from neutron_backend.payload import EmulationPayload, PayloadError, TensorSpec
 from neutron_backend.quantizer.calibration import quantize_model, random_batches
 from neutron_backend.runtime import PreparedPayload, cross_check, emulate, load_pte
 from neutron_backend.runtime.cross_check import delegate_payloads
-from neutron_backend.runtime.exact import ExactEngine, UnsupportedOperator
+from neutron_backend.runtime.exact import ExactEngine, UnsupportedOperator, native
+from neutron_backend.runtime.exact.fixed_point import quantize_multiplier
+from neutron_backend.runtime.exact.gemm import Int8GemmRequantize
 from neutron_backend.runtime.execute import ReferenceEngine
 
 INT8_EXTREMES = np.array([-128, -127, -1, 0, 1, 126, 127], dtype=np.int8)
@@ -63,6 +66,15 @@ def test_zoo_model_is_bit_identical(name: str) -> None:
     result = cross_check(edge, [example[0]] if len(example) == 1 else list(example), random_samples=4)
     assert result.identical, f"{name}: {result}"
     assert result.delegates == report.num_partitions
+
+
+@pytest.mark.parametrize("name", ["resnet8", "ds_cnn"])
+def test_zoo_model_is_bit_identical_on_torchs_int8_gemm(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GEMM path of hosts without AVX-512 VNNI (this host runs the compiled one by default)."""
+    monkeypatch.setenv("NEUTRON_EXACT_GEMM", "torch")
+    edge, report, example = _lowered_zoo(name)
+    result = cross_check(edge, [example[0]] if len(example) == 1 else list(example), random_samples=4)
+    assert result.identical, f"{name}: {result}"
 
 
 def test_batched_run_equals_one_sample_at_a_time() -> None:
@@ -191,6 +203,129 @@ def test_conv_per_channel_tiny_and_huge_scales() -> None:
                                         schema.ActivationFunctionType.RELU_N1_TO_1])
 def test_conv_fused_activation_same_padding_stride_2(activation: int) -> None:
     _assert_identical(_conv(0.03, -7, [0.01, 0.02], 0.04, -20, activation, schema.Padding.SAME, 2))
+
+
+def _depthwise(in_shape: tuple[int, int, int, int], multiplier: int, kernel: int, stride: int, dilation: int,
+               padding: int, in_zp: int, out_zp: int, seed: int = 0) -> EmulationPayload:
+    def build(ir: IRBuilder):
+        rng = np.random.default_rng(seed)
+        channels = in_shape[3] * multiplier
+        ir.add_tensor("x", in_shape, "int8", scale=0.05, zero_point=in_zp)
+        weights = rng.integers(-127, 128, size=(1, kernel, kernel, channels), dtype=np.int8)
+        weights[..., 0] = 127  # saturates
+        scales = list(rng.uniform(0.002, 0.02, channels))
+        w = ir.add_constant("w", weights, scale=scales, zero_point=[0] * channels, quantized_dimension=3)
+        bias = rng.integers(-5000, 5000, size=channels).astype(np.int32)
+        b = ir.add_constant("b", bias, scale=[0.05 * s for s in scales], zero_point=[0] * channels)
+        effective = (kernel - 1) * dilation + 1
+        out_h, out_w = ((d + stride - 1) // stride if padding == schema.Padding.SAME else (d - effective) // stride + 1
+                        for d in in_shape[1:3])
+        y = ir.add_tensor("y", (1, out_h, out_w, channels), "int8", scale=0.1, zero_point=out_zp)
+        options = schema.DepthwiseConv2DOptionsT()
+        options.padding, options.strideH, options.strideW = padding, stride, stride
+        options.dilationHFactor = options.dilationWFactor = dilation
+        options.depthMultiplier = multiplier
+        ir.add_operator("DEPTHWISE_CONV_2D", [0, w, b], [y], options)
+        return in_shape, (0.05, in_zp), y
+
+    return _payload(build)
+
+
+# 37 channels: two 16-lane blocks and a tail; multiplier 2 takes the general loop; dilation 2 with SAME padding.
+@pytest.mark.parametrize(("in_shape", "multiplier", "kernel", "stride", "dilation", "padding"), [
+    ((1, 9, 8, 37), 1, 3, 1, 1, schema.Padding.SAME),
+    ((1, 9, 8, 37), 1, 3, 2, 1, schema.Padding.SAME),
+    ((1, 9, 8, 16), 1, 5, 1, 2, schema.Padding.SAME),
+    ((1, 7, 7, 5), 2, 3, 1, 1, schema.Padding.VALID),
+    ((1, 6, 10, 20), 1, 3, 2, 1, schema.Padding.VALID),
+])
+@pytest.mark.parametrize(("in_zp", "out_zp"), [(-128, 127), (127, -128), (3, -5)])
+def test_depthwise_conv_geometries(in_shape, multiplier, kernel, stride, dilation, padding, in_zp, out_zp) -> None:
+    _assert_identical(_depthwise(in_shape, multiplier, kernel, stride, dilation, padding, in_zp, out_zp))
+
+
+def _int64_requantize(acc: np.ndarray, multipliers: np.ndarray, shifts: np.ndarray, single_rounding: bool
+                      ) -> np.ndarray:
+    """TFLite's two roundings on int64, written out here: an oracle independent of the compiled kernels."""
+    if single_rounding:
+        total = 31 - shifts
+        result = (acc * multipliers + (np.int64(1) << (total - 1))) >> total
+        return (result + 2**31) % 2**32 - 2**31  # the C++ cast to int32
+    left, right = np.maximum(shifts, 0), np.maximum(-shifts, 0)
+    shifted = ((acc << left) + 2**31) % 2**32 - 2**31  # int32 wrap
+    high = (shifted * multipliers + 2**30) >> 31  # never saturates: multipliers < 2^31
+    mask = (np.int64(1) << right) - 1
+    return (high >> right) + ((high & mask) > ((mask >> 1) + (high < 0)))
+
+
+@pytest.mark.parametrize("gemm", ["native", "torch"])
+def test_int8_gemm_requantize_matches_int64_arithmetic(gemm: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both GEMM paths (compiled VNNI tiles where the host has them, torch's int8 GEMM otherwise) on shapes
+    around their tile sizes (4 rows, 16/64 channels, depth in groups of 4), multipliers needing left and right
+    shifts, offsets pushing sums past int32, and clamped output ranges."""
+    monkeypatch.setenv("NEUTRON_EXACT_GEMM", gemm)
+    rng = np.random.default_rng(5)
+    for trial in range(120):
+        rows, depth, channels = int(rng.integers(1, 11)), int(rng.integers(1, 140)), int(rng.integers(1, 140))
+        x = rng.integers(-128, 128, (rows, depth)).astype(np.int8)
+        w = rng.integers(-128, 128, (channels, depth)).astype(np.int8)
+        if trial % 7 == 0:
+            x[:], w[:] = -128, -128  # the largest sums
+        pairs = [quantize_multiplier(v) for v in rng.uniform(1e-7, 1e-3, channels) * (1e5 if trial % 5 == 0 else 1)]
+        multipliers = np.array([p[0] for p in pairs], dtype=np.int64)
+        shifts = np.array([p[1] for p in pairs], dtype=np.int64)
+        offset = rng.integers(-5000, 5000, channels) * (10**5 if trial % 4 == 0 else 1)
+        zero_point = int(rng.integers(-128, 128))
+        low, high = (-128, 127) if trial % 2 else sorted(int(v) for v in rng.integers(-128, 128, 2))
+        for single_rounding in (False, True):
+            acc = (x.astype(np.int64) @ w.astype(np.int64).T + offset + 2**31) % 2**32 - 2**31
+            want = np.clip(_int64_requantize(acc, multipliers, shifts, single_rounding) + zero_point, low, high)
+            got = Int8GemmRequantize(w, offset, multipliers, shifts, zero_point, low, high, single_rounding)(x)
+            assert np.array_equal(got, want), f"trial {trial}, single rounding {single_rounding}"
+
+
+def test_portable_kernels_equal_the_vectorized_ones() -> None:
+    """The loops a host without AVX-512 runs (a baseline x86-64-v2 build of the same source) against the
+    host's build, on the depthwise convolution and the requantization."""
+    if platform.machine() != "x86_64":
+        pytest.skip("the baseline build is an x86-64 one")
+    host, portable = native.library(), native.library("x86-64-v2")
+    assert portable.nb_has_gemm() == 0
+    rng = np.random.default_rng(2)
+    channels = 37
+    acc = rng.integers(-2**31, 2**31, (50, channels)).astype(np.int32)
+    offset = rng.integers(-10**6, 10**6, channels).astype(np.int32)
+    pairs = [quantize_multiplier(v) for v in rng.uniform(1e-8, 50, channels)]
+    multipliers = np.array([p[0] for p in pairs], dtype=np.int32)
+    shifts = np.array([p[1] for p in pairs], dtype=np.int32)
+    x = rng.integers(-128, 128, (2, 9, 8, channels)).astype(np.int8)
+    weight = rng.integers(-128, 128, (3, 3, channels)).astype(np.int8)
+    outputs = []
+    for library in (host, portable):
+        requantized = np.empty(acc.shape, dtype=np.int8)
+        library.nb_requantize(native.pointer(acc), 50, channels, native.pointer(offset), native.pointer(multipliers),
+                              native.pointer(shifts), 0, -3, -100, 120, native.pointer(requantized))
+        convolved = np.empty((2, 7, 6, channels), dtype=np.int8)
+        assert library.nb_depthwise_conv(
+            native.pointer(x), 2, 9, 8, channels, native.pointer(weight), 3, 3, 1, 1, 1, 1, 1, 7, 6, 5,
+            native.pointer(offset), native.pointer(multipliers), native.pointer(shifts), -3, -100, 120,
+            native.pointer(convolved)) == 0
+        outputs.append((requantized, convolved))
+    want = np.clip(_int64_requantize(acc.astype(np.int64) + offset, multipliers.astype(np.int64),
+                                     shifts.astype(np.int64), False) - 3, -100, 120)
+    assert np.array_equal(outputs[0][0], want) and np.array_equal(outputs[1][0], want)
+    assert np.array_equal(outputs[0][1], outputs[1][1])
+
+
+def test_large_batches_run_in_cache_sized_steps() -> None:
+    edge, _, _ = _lowered_zoo("resnet8")
+    (payload,) = delegate_payloads(edge)
+    exact, reference = PreparedPayload(payload, "exact"), PreparedPayload(payload, "reference")
+    exact.engine.step = 3  # 7 images: steps of 3, 3 and 1
+    (spec,) = payload.inputs
+    batch = np.random.default_rng(4).integers(-128, 128, size=(7, *spec.shape[1:]), dtype=np.int8)
+    (stepped,) = exact.run([batch])
+    assert np.array_equal(stepped, np.concatenate([reference.run([batch[i:i + 1]])[0] for i in range(7)]))
 
 
 SAME, VALID = schema.Padding.SAME, schema.Padding.VALID

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -78,17 +79,20 @@ def compile_command(compiler: str, output: Path) -> list[str]:
     ]
 
 
-def shim_path() -> Path:
-    """Returns the path of the shim library, compiling it if no build for this source, executorch version and
-    compiler is cached. Raises RuntimeError carrying the compiler's stderr when compilation fails."""
+def build_library(name: str, description: str, source: Path, command: Callable[[str, Path], list[str]],
+                  key: Sequence[str]) -> Path:
+    """Returns the path of the shared library ``name`` (``description`` names it in errors) built from ``source``
+    by ``command(compiler, output)``, compiling it
+    unless a build for this source, compiler, command and ``key`` is cached. Raises RuntimeError carrying the
+    compiler's stderr when compilation fails."""
     compiler = find_compiler()
-    key = hashlib.sha256()
-    key.update(SHIM_SOURCE.read_bytes())
-    key.update(metadata.version("executorch").encode())
-    key.update(str(executorch_root()).encode())
-    key.update(_compiler_identity(compiler).encode())
-    key.update(" ".join(CXX_FLAGS).encode())
-    target = cache_dir() / f"neutron_shim-{key.hexdigest()[:16]}.so"
+    digest = hashlib.sha256()
+    digest.update(source.read_bytes())
+    digest.update(_compiler_identity(compiler).encode())
+    digest.update(" ".join(command(compiler, Path("out.so"))).encode())
+    for part in key:
+        digest.update(part.encode())
+    target = cache_dir() / f"{name}-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -99,16 +103,16 @@ def shim_path() -> Path:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if target.exists():
             return target
-        fd, tmp_name = tempfile.mkstemp(prefix=".neutron_shim-", suffix=".so", dir=target.parent)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{name}-", suffix=".so", dir=target.parent)
         os.close(fd)
         tmp = Path(tmp_name)
         try:
-            cmd = compile_command(compiler, tmp)
+            cmd = command(compiler, tmp)
             start = time.perf_counter()
             result = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if result.returncode != 0:
                 raise RuntimeError(
-                    f"building the Neutron host runtime shim failed (exit {result.returncode}).\n"
+                    f"building {description} failed (exit {result.returncode}).\n"
                     f"command: {' '.join(cmd)}\n{result.stderr}"
                 )
             os.replace(tmp, target)
@@ -116,6 +120,13 @@ def shim_path() -> Path:
         finally:
             tmp.unlink(missing_ok=True)
     return target
+
+
+def shim_path() -> Path:
+    """Returns the path of the shim library, compiling it if no build for this source, executorch version and
+    compiler is cached. Raises RuntimeError carrying the compiler's stderr when compilation fails."""
+    return build_library("neutron_shim", "the Neutron host runtime shim", SHIM_SOURCE, compile_command,
+                         (metadata.version("executorch"), str(executorch_root())))
 
 
 def load_shim() -> ctypes.CDLL:

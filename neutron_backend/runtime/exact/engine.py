@@ -13,6 +13,8 @@ from neutron_backend.runtime.exact.model import Graph, Operator, Tensor, read_gr
 
 logger = logging.getLogger(__name__)
 
+_CACHE_BYTES = 1 << 20
+
 
 def _batch_safe(op: Operator, batch: int, constant: set[int]) -> str | None:
     """Returns why ``op`` cannot take a larger leading (batch) dimension than the model's, or None.
@@ -50,8 +52,8 @@ class ExactEngine:
     """A Neutron IR model prepared for our exact int8 kernels.
 
     ``run`` takes the subgraph inputs in TFLite layout; their leading dimension may be any multiple of the
-    model's batch. The whole batch runs through each operator at once when every operator keeps the leading
-    axis as a batch axis; otherwise the model's own batch size is run in a loop.
+    model's batch. Several model batches (``step``) run through each operator at once when every operator keeps
+    the leading axis as a batch axis; otherwise the model's own batch size is run in a loop.
     Raises PayloadError at construction when the model cannot be read, UnsupportedOperator when it holds an
     operator (or a form of one) the engine has no kernel for.
     """
@@ -76,6 +78,11 @@ class ExactEngine:
         shapes = [t.shape for t in (*self.inputs, *self.outputs)]
         self.batch = shapes[0][0] if shapes and shapes[0] else 1
         self.batch_reason = self._batch_reason()
+        largest = max((int(np.prod(t.shape, dtype=np.int64)) * t.dtype.itemsize for t in self.graph.tensors
+                       if t.data is None), default=1)
+        # Model batches run through the graph at once: as many as keep its largest activation cache-sized (a
+        # whole large batch through each operator would stream every activation through memory).
+        self.step = max(1, _CACHE_BYTES // max(largest, 1))
         if self.batch_reason:
             logger.debug("exact engine: runs in steps of batch %d because %s", self.batch, self.batch_reason)
 
@@ -121,10 +128,11 @@ class ExactEngine:
         if len(factors) > 1:
             raise ValueError(f"inputs hold different numbers of model batches {sorted(factors)}")
         factor = factors.pop() if factors else 1
-        if factor == 1 or not self.batch_reason:
+        step = 1 if self.batch_reason else self.step
+        if factor <= step:
             return self._run_once(arrays)
         steps = []
-        for k in range(factor):
-            steps.append(self._run_once([x[k * spec.shape[0]:(k + 1) * spec.shape[0]]
+        for k in range(0, factor, step):
+            steps.append(self._run_once([x[k * spec.shape[0]:(k + step) * spec.shape[0]]
                                          for x, spec in zip(arrays, self.inputs, strict=True)]))
         return [np.concatenate(parts, axis=0) for parts in zip(*steps, strict=True)]

@@ -11,6 +11,8 @@ import math
 
 import numpy as np
 
+from neutron_backend.runtime.exact import native
+
 INT32_MIN = -(1 << 31)
 INT32_MAX = (1 << 31) - 1
 
@@ -87,102 +89,35 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier: np.ndarray | int
 
 
 class Requantizer:
-    """Per-channel requantization of int32 accumulators to int8, the hot loop of every convolution.
+    """Per-channel requantization of int32 accumulators to int8, the hot loop of every convolution, compiled
+    (``native_kernels.cpp``).
 
     ``out = clamp(MultiplyByQuantizedMultiplier(acc + offset[c], m[c], shift[c]) + zp, low, high)`` with
     TFLite's double rounding, or with ``single_rounding=True`` the ``TFLITE_SINGLE_ROUNDING`` form
     ``(x * m + 2^(30 - shift)) >> (31 - shift)``, which LiteRT 2.3.0's reference int8 FULLY_CONNECTED uses
-    (measured against it; its convolutions use the double rounding).
-
-    Two paths give the same integers:
-
-    - exact int64 arithmetic, in cache-sized blocks with in-place operations: the high multiply is
-      ``(x * m + 2^30) >> 31``, the rounding divide adds ``2^(r-1)`` and subtracts 1 for negative values;
-    - for float32 accumulators (exact integers) with ``max_abs_acc`` known: ``rint(acc * M + offset * M)`` in
-      float32, ``M = m * 2^(shift - 31)``. The exact result is the nearest integer to the real product except
-      within ``2^-(r+1)`` of a half-integer (the double rounding moves the value by at most that) and within the
-      float32 error bound of the product; the few elements that close to a half-integer are recomputed exactly.
+    (measured against it; its convolutions use the double rounding). The additions wrap in int32, as in C.
     """
 
-    _BLOCK = 1 << 15  # elements per block: 128 KiB of float32, 256 KiB of int64
-
     def __init__(self, offset: np.ndarray, multipliers: np.ndarray, shifts: np.ndarray, zero_point: int, low: int,
-                 high: int, single_rounding: bool = False, max_abs_acc: np.ndarray | None = None) -> None:
-        self.offset = np.asarray(offset, dtype=np.int64)
-        self.multipliers = np.asarray(multipliers, dtype=np.int64)
-        self.shifts = np.asarray(shifts, dtype=np.int64)
-        self.zero_point, self.low, self.high = zero_point, low, high
+                 high: int, single_rounding: bool = False) -> None:
+        self.offset = wrap_int32(np.asarray(offset, dtype=np.int64)).astype(np.int32)
+        self.multipliers = np.ascontiguousarray(multipliers, dtype=np.int32)
+        self.shifts = np.ascontiguousarray(shifts, dtype=np.int32)
+        self.zero_point, self.low, self.high = int(zero_point), int(low), int(high)
         self.single_rounding = single_rounding
-        self.general = bool(np.any(self.shifts > 0) or np.any(self.multipliers < 0)) and not single_rounding
-        right = np.maximum(-self.shifts, 0)
-        self.right = right
-        self.half = np.where(right > 0, np.int64(1) << np.maximum(right - 1, 0), 0)
-        # x < 0 exactly when x + half < half; channels without a right shift never subtract.
-        self.negative_below = np.where(right > 0, self.half, np.iinfo(np.int64).min)
-        total = 31 - self.shifts
-        self.single_round = np.int64(1) << (total - 1)
-        self.single_total = total
-        self.window = 1.0
-        if max_abs_acc is not None and not self.general:
-            real = self.multipliers.astype(np.float64) * np.exp2(self.shifts.astype(np.float64) - 31)
-            self.scale32 = real.astype(np.float32)
-            self.bias32 = (self.offset * real).astype(np.float32)
-            magnitude = np.asarray(max_abs_acc, dtype=np.float64) * real + np.abs(self.offset * real) + 1.0
-            float_error = magnitude * 2.0**-21  # 4x the float32 rounding of the product, the sum and the scales
-            rounding = 0.0 if single_rounding else np.exp2(-(right.astype(np.float64) + 1))
-            self.window = float(np.max(float_error + rounding))
-
-    def _exact(self, b: np.ndarray, channels: np.ndarray | slice = slice(None)) -> np.ndarray:
-        """Requantizes int64 ``b`` in place (before zero point and clamp); ``channels`` indexes the parameters."""
-        if self.general:
-            b[...] = multiply_by_quantized_multiplier(b, self.multipliers[channels], self.shifts[channels])
-        elif self.single_rounding:
-            b *= self.multipliers[channels]
-            b += self.single_round[channels]
-            b >>= self.single_total[channels]
-        else:
-            b *= self.multipliers[channels]
-            b += 1 << 30
-            b >>= 31
-            b += self.half[channels]
-            b -= b < self.negative_below[channels]
-            b >>= self.right[channels]
-        return b
 
     def __call__(self, acc: np.ndarray) -> np.ndarray:
-        """Returns int8 outputs for accumulators ``acc`` (float32 holding exact integers, or int64), channels on
-        the last axis."""
+        """Returns int8 outputs for integer accumulators ``acc`` (int32, or wider values wrapped to int32 as
+        TFLite's int32 sums would be), channels on the last axis."""
         channels = self.offset.size
-        flat = acc.reshape(-1, channels)
-        out = np.empty(flat.shape, dtype=np.int8)
-        rows = max(1, self._BLOCK // channels)
-        fast = flat.dtype == np.float32 and self.window < 0.25
-        block = np.empty((min(rows, len(flat)), channels), dtype=np.float32 if fast else np.int64)
-        rounded = np.empty(block.shape, dtype=np.float32) if fast else None
-        for start in range(0, len(flat), rows):
-            part = flat[start:start + rows]
-            b = block[:len(part)]
-            if fast:
-                np.multiply(part, self.scale32, out=b)
-                b += self.bias32
-                q = rounded[:len(part)]
-                np.rint(b, out=q)
-                b -= q
-                np.abs(b, out=b)
-                near_half = np.flatnonzero(b > 0.5 - self.window)
-                if near_half.size:
-                    channel = near_half % channels
-                    values = part.reshape(-1)[near_half].astype(np.int64) + self.offset[channel]
-                    q.reshape(-1)[near_half] = self._exact(values, channel)
-                b = q
-            else:
-                np.copyto(b, part, casting="unsafe")
-                b += self.offset
-                self._exact(b)
-            np.clip(b, self.low - self.zero_point, self.high - self.zero_point, out=b)
-            b += self.zero_point
-            np.copyto(out[start:start + rows], b, casting="unsafe")
-        return out.reshape(acc.shape)
+        values = np.ascontiguousarray(acc if acc.dtype == np.int32 else wrap_int32(acc.astype(np.int64)),
+                                      dtype=np.int32)
+        out = np.empty(values.shape, dtype=np.int8)
+        native.library().nb_requantize(
+            native.pointer(values), values.size // channels, channels, native.pointer(self.offset),
+            native.pointer(self.multipliers), native.pointer(self.shifts), int(self.single_rounding),
+            self.zero_point, self.low, self.high, native.pointer(out))
+        return out
 
 
 def activation_range(activation: str, scale: float, zero_point: int, qmin: int = -128, qmax: int = 127

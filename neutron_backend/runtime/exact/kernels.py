@@ -3,9 +3,10 @@
 ``prepare(op)`` reads the operator's static facts once (weights, multipliers, tables, padding) and returns a
 function mapping the operator's input arrays (batch-leading, TFLite layout; constants as their data, None for an
 omitted optional input) to its output array. Each follows TFLite's reference kernel for int8 (LiteRT 2.3.0,
-``BUILTIN_REF``) bit for bit; where the reference sums int8 products, we sum them in float32 convolutions and
-matrix products, which is exact while every partial sum stays below 2^24 in magnitude (inputs are split along
-the summed axis to keep it so), then requantize in int64.
+``BUILTIN_REF``) bit for bit. Convolutions and fully connected layers are int8 GEMMs with int32 sums (exact, as
+TFLite's accumulators; ``gemm.py``); depthwise convolutions and the requantization run compiled
+(``native_kernels.cpp``); TRANSPOSE_CONV sums in float32, exact while every partial sum stays below 2^24 in
+magnitude (its input is split along the summed axis to keep it so).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-from neutron_backend.runtime.exact import unary
+from neutron_backend.runtime.exact import native, unary
 from neutron_backend.runtime.exact.fixed_point import (
     Requantizer,
     activation_range,
@@ -25,6 +26,7 @@ from neutron_backend.runtime.exact.fixed_point import (
     quantize_multiplier,
     round_half_away_f32,
 )
+from neutron_backend.runtime.exact.gemm import Int8GemmRequantize
 from neutron_backend.runtime.exact.model import Operator, Tensor
 from neutron_backend.runtime.exact.softmax import Int8Softmax
 
@@ -70,76 +72,106 @@ def _same_or_valid_padding(padding: int, size: int, kernel: int, stride: int, di
     return before, after
 
 
-def _pad_nhwc(x: torch.Tensor, pads: tuple[int, int, int, int], value: float) -> torch.Tensor:
-    top, bottom, left, right = pads
-    if not any(pads):
-        return x
-    return F.pad(x, (0, 0, left, right, top, bottom), value=value)
+def _geometry(op: Operator, kernel_h: int, kernel_w: int) -> tuple[tuple[int, int], tuple[int, int],
+                                                                      tuple[int, int], tuple[int, int]]:
+    """A convolution's (stride, dilation, (pad before, after) in height, in width)."""
+    x_t, out, options = op.inputs[0], op.outputs[0], op.options
+    stride = (int(options.strideH), int(options.strideW))
+    dilation = (int(options.dilationHFactor), int(options.dilationWFactor))
+    pads_h = _same_or_valid_padding(options.padding, x_t.shape[1], kernel_h, stride[0], dilation[0], out.shape[1])
+    pads_w = _same_or_valid_padding(options.padding, x_t.shape[2], kernel_w, stride[1], dilation[1], out.shape[2])
+    return stride, dilation, pads_h, pads_w
 
 
-def _torch_conv(x: torch.Tensor, weight: torch.Tensor, stride: tuple[int, int], dilation: tuple[int, int],
-                groups: int) -> torch.Tensor:
-    """A float32 convolution of NHWC ``x`` (channels-last strides, no copy) with NNPACK off: NNPACK may pick
-    Winograd or FFT algorithms, which are not exact."""
-    with torch.backends.nnpack.flags(enabled=False):
-        y = F.conv2d(x.permute(0, 3, 1, 2), weight, stride=stride, dilation=dilation, groups=groups)
-    return y.permute(0, 2, 3, 1)
+def _padded(x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], pad_value: int) -> np.ndarray:
+    """NHWC ``x`` padded in height and width with ``pad_value``, C-contiguous."""
+    (top, bottom), (left, right) = pads
+    if not any((top, bottom, left, right)):
+        return np.ascontiguousarray(x)
+    padded = np.full((x.shape[0], x.shape[1] + top + bottom, x.shape[2] + left + right, x.shape[3]), pad_value,
+                     dtype=x.dtype)
+    padded[:, top:top + x.shape[1], left:left + x.shape[2]] = x
+    return padded
 
 
-def conv_2d(op: Operator, depthwise: bool = False) -> Kernel:
-    """CONV_2D and DEPTHWISE_CONV_2D (``reference_integer_ops::ConvPerChannel``/``DepthwiseConvPerChannel``):
-    ``sum((x - zp_in) * w) + bias`` requantized per output channel, out-of-input taps contributing nothing."""
+def _patches(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], dilation: tuple[int, int],
+             pads: tuple[tuple[int, int], tuple[int, int]], out_hw: tuple[int, int], pad_value: int) -> np.ndarray:
+    """im2col of NHWC int8 ``x``: rows (n, oy, ox), columns (ky, kx, c), padding holding ``pad_value``."""
+    x = _padded(x, pads, pad_value)
+    sn, sh, sw, sc = x.strides
+    windows = np.lib.stride_tricks.as_strided(
+        x, (x.shape[0], *out_hw, *kernel, x.shape[3]),
+        (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc), writeable=False)
+    return windows.reshape(-1, kernel[0] * kernel[1] * x.shape[3])
+
+
+def conv_2d(op: Operator) -> Kernel:
+    """CONV_2D (``reference_integer_ops::ConvPerChannel``): ``sum((x - zp_in) * w) + bias`` requantized per output
+    channel, out-of-input taps contributing nothing.
+
+    The sum runs as an int8 GEMM over the input's windows padded with ``zp_in``: summing ``x * w`` over every tap
+    and subtracting ``zp_in * sum(w)`` equals the sum of ``(x - zp_in) * w`` over the taps inside the input."""
     x_t, w_t = op.inputs[0], op.inputs[1]
     b_t = op.inputs[2] if len(op.inputs) > 2 else None
     out = op.outputs[0]
     _check_int8(op, x_t, w_t)
-    w = w_t.data.astype(np.int64)
-    options = op.options
-    stride = (int(options.strideH), int(options.strideW))
-    dilation = (int(options.dilationHFactor), int(options.dilationWFactor))
-    channels = out.shape[-1]
-    in_channels = x_t.shape[-1]
-    if depthwise:
-        weight = np.transpose(w[0], (2, 0, 1))[:, None]  # (Cout, 1, kh, kw)
-        groups = in_channels
-    else:
-        weight = np.transpose(w, (0, 3, 1, 2))  # (Cout, Cin, kh, kw)
-        groups = 1
-        if in_channels != weight.shape[1]:
-            raise UnsupportedOperator(f"CONV_2D with {in_channels} input channels and filters of "
-                                      f"{weight.shape[1]}: grouped convolutions are not supported")
-    kh, kw = weight.shape[2:]
-    pads_h = _same_or_valid_padding(options.padding, x_t.shape[1], kh, stride[0], dilation[0], out.shape[1])
-    pads_w = _same_or_valid_padding(options.padding, x_t.shape[2], kw, stride[1], dilation[1], out.shape[2])
+    w = w_t.data  # (Cout, kh, kw, Cin)
+    channels, kh, kw, filter_depth = w.shape
+    if x_t.shape[-1] != filter_depth:
+        raise UnsupportedOperator(f"CONV_2D with {x_t.shape[-1]} input channels and filters of {filter_depth}: "
+                                  "grouped convolutions are not supported")
+    stride, dilation, pads_h, pads_w = _geometry(op, kh, kw)
     bias = b_t.data.astype(np.int64) if b_t is not None and b_t.data is not None else np.zeros(channels, np.int64)
     in_zp = x_t.zero_point
-    # Padding holds zp_in, so summing x * w over every tap and subtracting zp_in * sum(w) equals the sum of
-    # (x - zp_in) * w over the taps inside the input.
-    offset = bias - in_zp * weight.sum(axis=(1, 2, 3))
     multipliers, shifts = _conv_multipliers(x_t, w_t, out, channels)
-    # |sum(x * w)| <= 128 * sum(|w|) per output channel: the float32 requantization's error bound.
-    requantize = Requantizer(offset, multipliers, shifts, out.zero_point, *_output_range(op),
-                             max_abs_acc=128 * np.abs(weight).sum(axis=(1, 2, 3)))
-    taps = weight.shape[1] * kh * kw
-    chunk = max(1, _EXACT_FLOAT32_TERMS // (kh * kw)) if taps > _EXACT_FLOAT32_TERMS else weight.shape[1]
-    weights = [torch.from_numpy(weight[:, c:c + chunk].astype(np.float32)) for c in range(0, weight.shape[1], chunk)]
+    gemm = Int8GemmRequantize(w.reshape(channels, -1), bias - in_zp * w.astype(np.int64).sum(axis=(1, 2, 3)),
+                              multipliers, shifts, out.zero_point, *_output_range(op))
+    out_hw = (out.shape[1], out.shape[2])
+    pointwise = (kh, kw) == (1, 1) and stride == (1, 1) and not any((*pads_h, *pads_w))
 
     def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
-        x = torch.from_numpy(np.asarray(inputs[0])).to(torch.float32)
-        x = _pad_nhwc(x, (*pads_h, *pads_w), float(in_zp))
-        if len(weights) == 1:
-            acc = _torch_conv(x, weights[0], stride, dilation, groups).contiguous().numpy()
-        else:
-            acc = sum(_torch_conv(x[..., i * chunk:(i + 1) * chunk], part, stride, dilation, 1
-                                  ).numpy().astype(np.int64) for i, part in enumerate(weights))
-        return requantize(acc)
+        x = np.asarray(inputs[0])
+        rows = x.reshape(-1, filter_depth) if pointwise else _patches(
+            x, (kh, kw), stride, dilation, (pads_h, pads_w), out_hw, in_zp)
+        return gemm(rows).reshape(x.shape[0], *out_hw, channels)
 
     return run
 
 
 def depthwise_conv_2d(op: Operator) -> Kernel:
-    """DEPTHWISE_CONV_2D; see :func:`conv_2d`."""
-    return conv_2d(op, depthwise=True)
+    """DEPTHWISE_CONV_2D (``reference_integer_ops::DepthwiseConvPerChannel``): output channel
+    ``i * multiplier + m`` sums ``(x[i] - zp_in) * w`` over the taps inside the input, plus bias, requantized per
+    channel; compiled (``native_kernels.cpp``)."""
+    x_t, w_t = op.inputs[0], op.inputs[1]
+    b_t = op.inputs[2] if len(op.inputs) > 2 else None
+    out = op.outputs[0]
+    _check_int8(op, x_t, w_t)
+    _, kh, kw, channels = w_t.shape
+    in_channels = x_t.shape[-1]
+    if channels % in_channels:
+        raise UnsupportedOperator(f"DEPTHWISE_CONV_2D with {channels} output channels for {in_channels} inputs "
+                                  "(not a multiple)")
+    stride, dilation, pads_h, pads_w = _geometry(op, kh, kw)
+    bias = b_t.data.astype(np.int32) if b_t is not None and b_t.data is not None else np.zeros(channels, np.int32)
+    multipliers, shifts = _conv_multipliers(x_t, w_t, out, channels)
+    multipliers, shifts = multipliers.astype(np.int32), shifts.astype(np.int32)
+    weight = np.ascontiguousarray(w_t.data.reshape(kh, kw, channels))
+    low, high = _output_range(op)
+    out_h, out_w = out.shape[1], out.shape[2]
+
+    def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
+        x = _padded(np.asarray(inputs[0]), (pads_h, pads_w), x_t.zero_point)
+        y = np.empty((x.shape[0], out_h, out_w, channels), dtype=np.int8)
+        status = native.library().nb_depthwise_conv(
+            native.pointer(x), x.shape[0], x.shape[1], x.shape[2], in_channels, native.pointer(weight), kh, kw,
+            channels // in_channels, *stride, *dilation, out_h, out_w, x_t.zero_point,
+            native.pointer(bias), native.pointer(multipliers), native.pointer(shifts), out.zero_point, low, high,
+            native.pointer(y))
+        if status:
+            raise MemoryError(f"DEPTHWISE_CONV_2D: no memory for {channels} accumulators")
+        return y
+
+    return run
 
 
 def transpose_conv(op: Operator) -> Kernel:
@@ -200,20 +232,12 @@ def fully_connected(op: Operator) -> Kernel:
     multipliers, shifts = _conv_multipliers(x_t, w_t, out, channels)
     bias = b_t.data.astype(np.int64) if b_t is not None and b_t.data is not None else np.zeros(channels, np.int64)
     offset = bias - x_t.zero_point * w.sum(axis=1)
-    requantize = Requantizer(offset, multipliers, shifts, out.zero_point, *_output_range(op), single_rounding=True,
-                             max_abs_acc=128 * np.abs(w).sum(axis=1))
-    chunks = [torch.from_numpy(np.ascontiguousarray(w[:, c:c + _EXACT_FLOAT32_TERMS].T.astype(np.float32)))
-              for c in range(0, depth, _EXACT_FLOAT32_TERMS)]
+    gemm = Int8GemmRequantize(w_t.data, offset, multipliers, shifts, out.zero_point, *_output_range(op),
+                              single_rounding=True)
     out_tail = out.shape[1:]
 
     def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
-        x = torch.from_numpy(np.asarray(inputs[0]).reshape(-1, depth).astype(np.float32))
-        if len(chunks) == 1:
-            acc = torch.matmul(x, chunks[0]).numpy()
-        else:
-            acc = sum(torch.matmul(x[:, i * _EXACT_FLOAT32_TERMS:(i + 1) * _EXACT_FLOAT32_TERMS], part
-                                   ).numpy().astype(np.int64) for i, part in enumerate(chunks))
-        return requantize(acc).reshape((-1, *out_tail))
+        return gemm(np.asarray(inputs[0]).reshape(-1, depth)).reshape((-1, *out_tail))
 
     return run
 
@@ -557,7 +581,16 @@ def pad(op: Operator) -> Kernel:
         value = int(op.inputs[2].data.reshape(-1)[0])
     else:
         value = op.outputs[0].zero_point
-    return lambda inputs: np.pad(inputs[0], widths, mode="constant", constant_values=value)
+
+    def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
+        x = np.asarray(inputs[0])
+        # A filled array with the input copied in: several times faster than np.pad's general path.
+        y = np.full([size + before + after for size, (before, after) in zip(x.shape, widths, strict=True)], value,
+                    dtype=x.dtype)
+        y[tuple(slice(before, before + size) for size, (before, _) in zip(x.shape, widths, strict=True))] = x
+        return y
+
+    return run
 
 
 def mirror_pad(op: Operator) -> Kernel:
