@@ -41,6 +41,11 @@ class Int8GemmRequantize:
             padded = np.zeros((blocks * 16, groups * 4), dtype=np.int8)
             padded[:self.channels, :self.depth] = weight
             self.packed = np.ascontiguousarray(padded.reshape(blocks, 16, groups, 4).transpose(0, 2, 1, 3))
+            q = self.requantizer
+            # The constants' addresses, taken once (the arrays live as long as this object).
+            self._constants = (native.pointer(self.packed), self.channels, native.pointer(q.offset),
+                               native.pointer(q.multipliers), native.pointer(q.shifts), int(q.single_rounding),
+                               q.zero_point, q.low, q.high)
         else:
             self.requantizer = Requantizer(offset, multipliers, shifts, zero_point, low, high, single_rounding)
             self.weight_t = _dense(np.ascontiguousarray(weight.T))
@@ -51,11 +56,8 @@ class Int8GemmRequantize:
         if not self.compiled:
             return self.requantizer(torch._int_mm(_dense(x), self.weight_t).numpy())
         out = np.empty((x.shape[0], self.channels), dtype=np.int8)
-        q = self.requantizer
-        status = native.library().nb_gemm_requantize(
-            native.pointer(x), x.shape[0], self.depth, self.depth, native.pointer(self.packed), self.channels,
-            native.pointer(q.offset), native.pointer(q.multipliers), native.pointer(q.shifts),
-            int(q.single_rounding), q.zero_point, q.low, q.high, native.pointer(out))
+        status = native.library().nb_gemm_requantize(native.pointer(x), x.shape[0], self.depth, self.depth,
+                                                     *self._constants, native.pointer(out))
         if status:
             raise MemoryError(f"int8 GEMM of {x.shape[0]} x {self.depth} x {self.channels}: out of memory")
         return out

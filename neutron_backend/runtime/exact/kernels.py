@@ -158,15 +158,16 @@ def depthwise_conv_2d(op: Operator) -> Kernel:
     weight = np.ascontiguousarray(w_t.data.reshape(kh, kw, channels))
     low, high = _output_range(op)
     out_h, out_w = out.shape[1], out.shape[2]
+    held = (weight, bias, multipliers, shifts)  # kept alive by run(): the library reads them by address
+    constants = (in_channels, native.pointer(weight), kh, kw, channels // in_channels, *stride, *dilation, out_h,
+                 out_w, x_t.zero_point, native.pointer(bias), native.pointer(multipliers), native.pointer(shifts),
+                 out.zero_point, low, high)
 
-    def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
+    def run(inputs: Sequence[np.ndarray | None], held: tuple[np.ndarray, ...] = held) -> np.ndarray:
         x = _padded(np.asarray(inputs[0]), (pads_h, pads_w), x_t.zero_point)
         y = np.empty((x.shape[0], out_h, out_w, channels), dtype=np.int8)
         status = native.library().nb_depthwise_conv(
-            native.pointer(x), x.shape[0], x.shape[1], x.shape[2], in_channels, native.pointer(weight), kh, kw,
-            channels // in_channels, *stride, *dilation, out_h, out_w, x_t.zero_point,
-            native.pointer(bias), native.pointer(multipliers), native.pointer(shifts), out.zero_point, low, high,
-            native.pointer(y))
+            native.pointer(x), x.shape[0], x.shape[1], x.shape[2], *constants, native.pointer(y))
         if status:
             raise MemoryError(f"DEPTHWISE_CONV_2D: no memory for {channels} accumulators")
         return y

@@ -62,4 +62,4 @@ def pointer(array: np.ndarray) -> int:
     """The address of a C-contiguous array's data (the caller keeps the array alive during the call)."""
     if not array.flags.c_contiguous:
         raise ValueError("native kernels take C-contiguous arrays")
-    return array.ctypes.data
+    return array.__array_interface__["data"][0]
