@@ -35,18 +35,23 @@ def _lower(name: str):
     quantized = quantize_model(model, example, calibration_batches=random_batches(example, CALIBRATION_BATCHES),
                                progress=False)
     partitioner = NeutronPartitioner(generate_neutron_compile_spec("imxrt700"))
-    to_edge_transform_and_lower(torch.export.export(quantized, example), partitioner=[partitioner])
-    return partitioner.report
+    edge = to_edge_transform_and_lower(torch.export.export(quantized, example), partitioner=[partitioner])
+    return edge, partitioner.report, example
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mobilenet_v3_small", "squeezenet1_1", "shufflenet_v2_x0_5", "efficientnet_b0"])
 def test_garden_model_is_one_partition_with_every_mac_on_the_npu(name):
-    report = _lower(name)
+    from neutron_backend.runtime import cross_check
+
+    edge, report, example = _lower(name)
     cpu = [(e.target, e.reason) for e in report.nodes if not e.delegated and e.kind not in PLUMBING_KINDS]
     assert not cpu, f"{name}: compute nodes on the CPU: {cpu}"
     assert report.num_partitions == 1, str(report)
     assert report.total_macs > 0 and report.delegated_macs == report.total_macs
+    # Our exact engine against LiteRT's reference kernels, bit for bit, on the model's input and a random one.
+    result = cross_check(edge, list(example), random_samples=1)
+    assert result.identical and result.delegates == 1, f"{name}: {result}"
 
 
 def test_import_works_without_torchvisions_extension():

@@ -169,7 +169,7 @@ def depthwise_conv_2d(op: Operator) -> Kernel:
         status = native.library().nb_depthwise_conv(
             native.pointer(x), x.shape[0], x.shape[1], x.shape[2], *constants, native.pointer(y))
         if status:
-            raise MemoryError(f"DEPTHWISE_CONV_2D: no memory for {channels} accumulators")
+            raise MemoryError(f"DEPTHWISE_CONV_2D: no memory for a row of {out_w} x {channels} accumulators")
         return y
 
     return run

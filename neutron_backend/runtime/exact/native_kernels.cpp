@@ -50,58 +50,65 @@ inline int8_t clamp_to_int8(int32_t value, int32_t low, int32_t high) {
   return static_cast<int8_t>(value < low ? low : (value > high ? high : value));
 }
 
-#if NB_AVX512
-// multiply_double_rounding on 16 lanes: the 64-bit products of the even and the odd lanes (vpmuldq), each
-// nudged and shifted, are woven back into 32-bit lanes.
-inline __m512i multiply_double_rounding16(__m512i x, __m512i multiplier, __m512i shift) {
-  const __m512i zero = _mm512_setzero_si512();
-  const __m512i one = _mm512_set1_epi32(1);
-  const __m512i left = _mm512_max_epi32(shift, zero);
-  const __m512i right = _mm512_max_epi32(_mm512_sub_epi32(zero, shift), zero);
-  const __m512i shifted = _mm512_sllv_epi32(x, left);
-  const __m512i nudge = _mm512_set1_epi64(static_cast<int64_t>(1) << 30);
-  const __m512i even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(shifted, multiplier), nudge), 31);
-  const __m512i odd = _mm512_srai_epi64(
-      _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(shifted, 32), _mm512_srli_epi64(multiplier, 32)), nudge),
-      31);
-  const __m512i high = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
-  const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
-  const __m512i remainder = _mm512_and_si512(high, mask);
-  const __m512i threshold = _mm512_add_epi32(_mm512_srai_epi32(mask, 1), _mm512_srli_epi32(high, 31));
-  const __m512i quotient = _mm512_srav_epi32(high, right);
-  return _mm512_mask_add_epi32(quotient, _mm512_cmpgt_epi32_mask(remainder, threshold), quotient, one);
-}
-#endif
-
-// One row of `channels` accumulators: out[c] = clamp(M(acc[c] + offset[c]) + zero_point, low, high).
-inline void requantize_row(const int32_t* acc, const int32_t* offset, const int32_t* multiplier,
-                           const int32_t* shift, int32_t channels, int32_t single_rounding, int32_t zero_point,
-                           int32_t low, int32_t high, int8_t* out) {
+// Requantizes `rows` rows of `channels` accumulators (rows `acc_stride` and `out_stride` elements apart):
+// out[c] = clamp(M(acc[c] + offset[c]) + zero_point, low, high).
+inline void requantize_rows(const int32_t* acc, int64_t acc_stride, int64_t rows, const int32_t* offset,
+                            const int32_t* multiplier, const int32_t* shift, int32_t channels, int32_t single_rounding,
+                            int32_t zero_point, int32_t low, int32_t high, int8_t* out, int64_t out_stride) {
   if (single_rounding) {
-    for (int32_t c = 0; c < channels; ++c) {
-      const int32_t x = static_cast<int32_t>(static_cast<uint32_t>(acc[c]) + static_cast<uint32_t>(offset[c]));
-      out[c] = clamp_to_int8(multiply_single_rounding(x, multiplier[c], shift[c]) + zero_point, low, high);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int32_t c = 0; c < channels; ++c) {
+        const int32_t x = static_cast<int32_t>(static_cast<uint32_t>(acc[r * acc_stride + c]) +
+                                               static_cast<uint32_t>(offset[c]));
+        out[r * out_stride + c] =
+            clamp_to_int8(multiply_single_rounding(x, multiplier[c], shift[c]) + zero_point, low, high);
+      }
     }
     return;
   }
 #if NB_AVX512
+  // multiply_double_rounding on 16 lanes: the 64-bit products of the even and the odd lanes (vpmuldq), each
+  // nudged and shifted, are woven back into 32-bit lanes. Each block's per-channel vectors serve every row.
+  const __m512i zero = _mm512_setzero_si512();
+  const __m512i one = _mm512_set1_epi32(1);
+  const __m512i nudge = _mm512_set1_epi64(static_cast<int64_t>(1) << 30);
   const __m512i zero_point_lanes = _mm512_set1_epi32(zero_point);
   const __m512i low_lanes = _mm512_set1_epi32(low);
   const __m512i high_lanes = _mm512_set1_epi32(high);
   for (int32_t c = 0; c < channels; c += 16) {
     const __mmask16 lanes = channels - c >= 16 ? static_cast<__mmask16>(0xFFFF)
                                                : static_cast<__mmask16>((1u << (channels - c)) - 1);
-    const __m512i x = _mm512_add_epi32(_mm512_maskz_loadu_epi32(lanes, acc + c),
-                                       _mm512_maskz_loadu_epi32(lanes, offset + c));
-    __m512i y = multiply_double_rounding16(x, _mm512_maskz_loadu_epi32(lanes, multiplier + c),
-                                           _mm512_maskz_loadu_epi32(lanes, shift + c));
-    y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, zero_point_lanes), low_lanes), high_lanes);
-    _mm_mask_storeu_epi8(out + c, lanes, _mm512_cvtepi32_epi8(y));
+    const __m512i offsets = _mm512_maskz_loadu_epi32(lanes, offset + c);
+    const __m512i multipliers = _mm512_maskz_loadu_epi32(lanes, multiplier + c);
+    const __m512i odd_multipliers = _mm512_srli_epi64(multipliers, 32);
+    const __m512i shifts = _mm512_maskz_loadu_epi32(lanes, shift + c);
+    const __m512i left = _mm512_max_epi32(shifts, zero);
+    const __m512i right = _mm512_max_epi32(_mm512_sub_epi32(zero, shifts), zero);
+    const __m512i mask = _mm512_sub_epi32(_mm512_sllv_epi32(one, right), one);
+    const __m512i half_mask = _mm512_srai_epi32(mask, 1);
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512i x = _mm512_add_epi32(_mm512_maskz_loadu_epi32(lanes, acc + r * acc_stride + c), offsets);
+      const __m512i shifted = _mm512_sllv_epi32(x, left);
+      const __m512i even = _mm512_srai_epi64(_mm512_add_epi64(_mm512_mul_epi32(shifted, multipliers), nudge), 31);
+      const __m512i odd = _mm512_srai_epi64(
+          _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(shifted, 32), odd_multipliers), nudge), 31);
+      const __m512i high_part = _mm512_mask_blend_epi32(0xAAAA, even, _mm512_slli_epi64(odd, 32));
+      const __m512i remainder = _mm512_and_si512(high_part, mask);
+      const __m512i threshold = _mm512_add_epi32(half_mask, _mm512_srli_epi32(high_part, 31));
+      __m512i y = _mm512_srav_epi32(high_part, right);
+      y = _mm512_mask_add_epi32(y, _mm512_cmpgt_epi32_mask(remainder, threshold), y, one);
+      y = _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(y, zero_point_lanes), low_lanes), high_lanes);
+      _mm_mask_storeu_epi8(out + r * out_stride + c, lanes, _mm512_cvtepi32_epi8(y));
+    }
   }
 #else
-  for (int32_t c = 0; c < channels; ++c) {
-    const int32_t x = static_cast<int32_t>(static_cast<uint32_t>(acc[c]) + static_cast<uint32_t>(offset[c]));
-    out[c] = clamp_to_int8(multiply_double_rounding(x, multiplier[c], shift[c]) + zero_point, low, high);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int32_t c = 0; c < channels; ++c) {
+      const int32_t x = static_cast<int32_t>(static_cast<uint32_t>(acc[r * acc_stride + c]) +
+                                             static_cast<uint32_t>(offset[c]));
+      out[r * out_stride + c] =
+          clamp_to_int8(multiply_double_rounding(x, multiplier[c], shift[c]) + zero_point, low, high);
+    }
   }
 #endif
 }
@@ -174,10 +181,8 @@ int32_t nb_gemm_requantize(const int8_t* a, int64_t rows, int32_t depth, int64_t
       }
       const int32_t first = b0 * 16;
       const int32_t channels = n - first < count * 16 ? n - first : count * 16;
-      for (int r = 0; r < present; ++r) {
-        requantize_row(tile + r * 64, offset + first, multiplier + first, shift + first, channels, single_rounding,
-                       zero_point, low, high, out + (r0 + r) * n + first);
-      }
+      requantize_rows(tile, 64, present, offset + first, multiplier + first, shift + first, channels,
+                      single_rounding, zero_point, low, high, out + r0 * n + first, n);
     }
   }
   std::free(memory);
@@ -193,10 +198,8 @@ int32_t nb_gemm_requantize(const int8_t* a, int64_t rows, int32_t depth, int64_t
 void nb_requantize(const int32_t* acc, int64_t rows, int32_t channels, const int32_t* offset,
                    const int32_t* multiplier, const int32_t* shift, int32_t single_rounding, int32_t zero_point,
                    int32_t low, int32_t high, int8_t* out) {
-  for (int64_t row = 0; row < rows; ++row) {
-    requantize_row(acc + row * channels, offset, multiplier, shift, channels, single_rounding, zero_point, low,
-                   high, out + row * channels);
-  }
+  requantize_rows(acc, channels, rows, offset, multiplier, shift, channels, single_rounding, zero_point, low, high,
+                  out, channels);
 }
 
 // reference_integer_ops::DepthwiseConvPerChannel on NHWC int8: output channel o = i * depth_multiplier + m
@@ -211,12 +214,14 @@ int32_t nb_depthwise_conv(const int8_t* input, int32_t batches, int32_t in_h, in
                           int32_t high, int8_t* output) {
   constexpr int32_t kBlock = 16;  // channels summed in registers across every tap of a pixel
   const int32_t out_channels = in_channels * depth_multiplier;
-  int32_t* acc = static_cast<int32_t*>(std::malloc(sizeof(int32_t) * out_channels));
-  if (acc == nullptr) return 1;
+  // One output row of accumulators, requantized together once the row is summed.
+  int32_t* row = static_cast<int32_t*>(std::malloc(sizeof(int32_t) * out_channels * out_w));
+  if (row == nullptr) return 1;
   const int64_t row_stride = static_cast<int64_t>(in_w) * in_channels;
   for (int32_t b = 0; b < batches; ++b) {
     for (int32_t oy = 0; oy < out_h; ++oy) {
       for (int32_t ox = 0; ox < out_w; ++ox) {
+        int32_t* acc = row + static_cast<int64_t>(ox) * out_channels;
         const int8_t* origin = input + ((static_cast<int64_t>(b) * in_h + oy * stride_h) * in_w + ox * stride_w) *
                                            in_channels;
         int32_t o = 0;
@@ -264,12 +269,13 @@ int32_t nb_depthwise_conv(const int8_t* input, int32_t batches, int32_t in_h, in
           }
           acc[o] = sum;
         }
-        int8_t* y = output + ((static_cast<int64_t>(b) * out_h + oy) * out_w + ox) * out_channels;
-        requantize_row(acc, bias, multiplier, shift, out_channels, 0, zero_point, low, high, y);
       }
+      int8_t* y = output + (static_cast<int64_t>(b) * out_h + oy) * out_w * out_channels;
+      requantize_rows(row, out_channels, out_w, bias, multiplier, shift, out_channels, 0, zero_point, low, high, y,
+                      out_channels);
     }
   }
-  std::free(acc);
+  std::free(row);
   return 0;
 }
 
