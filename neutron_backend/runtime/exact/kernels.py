@@ -272,14 +272,19 @@ def _binary_table(op: Operator, element: Callable[[np.ndarray, np.ndarray], np.n
     """An int8 x int8 -> int8 operator as a 256 x 256 table, broadcasting its inputs like numpy."""
     a = np.arange(-128, 128, dtype=np.int64)[:, None]
     b = np.arange(-128, 128, dtype=np.int64)[None, :]
-    table = element(a, b).astype(np.int8)
     # Indexed by the uint8 bits of both operands: (a_bits << 8) | b_bits.
-    by_bits = np.roll(np.roll(table, -128, axis=0), -128, axis=1).reshape(-1)
+    table = np.ascontiguousarray(np.roll(np.roll(element(a, b).astype(np.int8), -128, axis=0), -128, axis=1)
+                                 .reshape(-1))
 
     def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
-        first = np.ascontiguousarray(inputs[0]).view(np.uint8).astype(np.uint16) << 8
-        second = np.ascontiguousarray(inputs[1]).view(np.uint8)
-        return np.take(by_bits, first | second)
+        a, b = np.ascontiguousarray(inputs[0]), np.ascontiguousarray(inputs[1])
+        if a.shape == b.shape:  # the common case, compiled
+            out = np.empty(a.shape, dtype=np.int8)
+            native.library().nb_binary_table(native.pointer(a), native.pointer(b), a.size, native.pointer(table),
+                                             native.pointer(out))
+            return out
+        first = a.view(np.uint8).astype(np.uint16) << 8
+        return np.take(table, first | b.view(np.uint8))
 
     return run
 

@@ -24,6 +24,7 @@ _I32 = ctypes.c_int32
 _SIGNATURES = {
     "nb_requantize": (None, [_I32P, ctypes.c_int64, _I32, _I32P, _I32P, _I32P, _I32, _I32, _I32, _I32, _I32P]),
     "nb_has_gemm": (_I32, []),
+    "nb_binary_table": (None, [_I32P, _I32P, ctypes.c_int64, _I32P, _I32P]),
     "nb_gemm_requantize": (_I32, [_I32P, ctypes.c_int64, _I32, ctypes.c_int64, _I32P, _I32, _I32P, _I32P, _I32P,
                                   _I32, _I32, _I32, _I32, _I32P]),
     "nb_depthwise_conv": (_I32, [_I32P, _I32, _I32, _I32, _I32, _I32P, _I32, _I32, _I32, _I32, _I32, _I32, _I32,

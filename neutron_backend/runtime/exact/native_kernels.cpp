@@ -202,6 +202,13 @@ void nb_requantize(const int32_t* acc, int64_t rows, int32_t channels, const int
                   out, channels);
 }
 
+// out[i] = table[(a[i] as uint8) << 8 | (b[i] as uint8)]: a binary int8 operator tabulated over every pair of values.
+void nb_binary_table(const int8_t* a, const int8_t* b, int64_t count, const int8_t* table, int8_t* out) {
+  for (int64_t i = 0; i < count; ++i) {
+    out[i] = table[(static_cast<uint32_t>(static_cast<uint8_t>(a[i])) << 8) | static_cast<uint8_t>(b[i])];
+  }
+}
+
 // reference_integer_ops::DepthwiseConvPerChannel on NHWC int8: output channel o = i * depth_multiplier + m
 // sums (x[i] - input_zero_point) * filter[o] over its taps, adds bias[o], requantizes. The input comes padded
 // with input_zero_point (those taps add nothing, as the reference skips them), so every tap is inside it.
