@@ -36,6 +36,16 @@ def op_name(node: Node) -> str:
     return getattr(target, "__name__", str(target))
 
 
+def _is_float(node: Node) -> bool:
+    value = node.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.dtype.is_floating_point
+
+
+def _dtype_name(node: Node) -> str:
+    value = node.meta.get("val")
+    return str(getattr(value, "dtype", "non-tensor")).removeprefix("torch.")
+
+
 def is_quantize(node: Any) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and op_name(node) in _QUANTIZE
 
@@ -133,6 +143,9 @@ class Cluster:
     auxiliary: list[Node] = field(default_factory=list)
     getitems: list[Node] = field(default_factory=list)
     quantized_outputs: list[Node] = field(default_factory=list)
+    # Float constant inputs (e.g. the float bias XNNPACKQuantizer leaves): the operator's declaration says whether
+    # it takes one there (NeutronOperator.float_bias_arg); the partitioner rejects the others.
+    float_constants: list[Node] = field(default_factory=list)
     problem: str | None = None
 
     @property
@@ -234,10 +247,12 @@ class ClusterIndex:
                 cluster.problem = (f"its input dequantize '{source.name}' also feeds '{other.name}' "
                                    f"({op_name(other) or other.op}); Neutron needs a dequantize of its own per "
                                    "quantized operator")
+        elif self.constants.is_constant(source) and _is_float(source):
+            cluster.float_constants.append(source)
         elif cluster.problem is None:
             if self.constants.is_constant(source):
-                cluster.problem = (f"not quantized: input '{source.name}' is a float constant, not dequantized int8; "
-                                   "quantize the model with NeutronQuantizer")
+                cluster.problem = (f"input '{source.name}' is a {_dtype_name(source)} constant, not dequantized "
+                                   "int8; Neutron computes on int8 values that come from a dequantize node")
             else:
                 producer = "a model input" if source.op == "placeholder" else f"'{source.name}' ({op_name(source)})"
                 value = source.meta.get("val")

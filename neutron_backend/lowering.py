@@ -168,6 +168,19 @@ class ConversionContext:
             tensor = CONSTANT_MOVES[op_name(step)](step, tensor)
         return tensor.contiguous().numpy(), qparams
 
+    def bias_values(self, node: Node, index: int) -> np.ndarray:
+        """The real values of a bias input, flattened: a dequantized int32 constant dequantized, or a float
+        constant (a quantizer that leaves the bias in float, as XNNPACKQuantizer does) as it is."""
+        source = flat_inputs(node)[index]
+        if not is_dequantize(source):
+            value = self.index.constants.value(source)
+            if value is None:
+                raise LoweringError(f"bias input {index} of '{node.name}' is not a constant")
+            return value.detach().to(torch.float64).reshape(-1).numpy()
+        raw, q = self.weight(node, index)
+        return ((raw.astype(np.float64).reshape(-1) - np.asarray(q.zero_point, np.float64))
+                * np.asarray(q.scale, np.float64))
+
     def int32_constant(self, base: str, values) -> int:
         data = np.asarray(values, dtype=np.int32)
         return self.builder.add_tensor(self.name(base), data.shape, "int32", data=data)
