@@ -146,6 +146,8 @@ class Cluster:
     # Float constant inputs (e.g. the float bias XNNPACKQuantizer leaves): the operator's declaration says whether
     # it takes one there (NeutronOperator.float_bias_arg); the partitioner rejects the others.
     float_constants: list[Node] = field(default_factory=list)
+    # Data movement between the result and its quantize (a reshape another quantizer quantizes after).
+    output_moves: list[Node] = field(default_factory=list)
     problem: str | None = None
 
     @property
@@ -158,6 +160,7 @@ class Cluster:
         yield from self.auxiliary
         yield self.head
         yield from self.fused
+        yield from self.output_moves
         yield from self.getitems
         # A requantization's head is its own quantized output.
         yield from (node for node in self.quantized_outputs if node is not self.head)
@@ -208,6 +211,12 @@ class ClusterIndex:
                       and (is_dequantize(inputs[0]) or self._is_auxiliary(inputs[0])))
         self._auxiliary_memo[node] = result
         return result
+
+    @staticmethod
+    def _is_output_move(node: Node) -> bool:
+        """A data-movement node whose only input is a compute result and whose only user is a quantize."""
+        return (node.op == "call_function" and op_name(node) in CONSTANT_MOVES and len(tensor_inputs(node)) == 1
+                and len(node.users) == 1 and is_quantize(next(iter(node.users))))
 
     def _is_fused(self, node: Node) -> bool:
         """An activation applied directly to a single-use compute result, quantized only after it."""
@@ -267,6 +276,12 @@ class ClusterIndex:
                                        "(prepare_pt2e / convert_pt2e)")
 
     def _trace_outputs(self, cluster: Cluster, last: Node) -> None:
+        if len(last.users) == 1 and self._is_output_move(next(iter(last.users))):
+            # A quantizer that annotates the result only after a reshape (XNNPACKQuantizer's rank-3 linear:
+            # addmm -> view_copy -> quantize): quantizing commutes with moving data, so the move joins the cluster.
+            (move,) = last.users
+            cluster.output_moves.append(move)
+            last = move
         for user in last.users:
             if is_quantize(user):
                 cluster.quantized_outputs.append(user)

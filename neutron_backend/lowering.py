@@ -240,7 +240,9 @@ class ConversionContext:
                 if not is_dequantize(dequantize):
                     return False
                 for user in dequantize.users:
-                    if op_name(user) not in ("addmm", "mm") or flat_inputs(user)[-2] is not dequantize:
+                    operator = ops.lookup(user.target)
+                    position = None if operator is None else operator.feature_input
+                    if position is None or flat_inputs(user)[position] is not dequantize:
                         return False
         return True
 
@@ -290,10 +292,13 @@ class ConversionContext:
         """Gives the value of a cluster's head to its fused activations, getitems and quantize nodes; a quantize
         with other qparams than the value's (one of several quantize users) gets a requantized copy instead."""
         cluster = self.index.cluster_of.get(node)
-        if cluster is None or node is not cluster.head:
+        if cluster is None or node not in (cluster.head, *cluster.output_moves):
             return
-        for member in [*cluster.fused, *cluster.getitems]:
-            self.values[member] = value
+        if node is cluster.head:
+            for member in [*cluster.fused, *cluster.getitems]:
+                self.values[member] = value
+        if node is not (cluster.output_moves or [cluster.head])[-1]:
+            return  # the quantize nodes follow the data movement after the result
         scale, zero_point = self.builder.tensor_quantization(value.tensor)
         for quantize in cluster.quantized_outputs:
             q = read_qparams(quantize, self.index.constants)
@@ -396,7 +401,8 @@ def lower_partition(program: ExportedProgram, options: NeutronCompileOptions) ->
         elif cluster is None or node is not cluster.head:
             if cluster is not None and node in cluster.fused:
                 continue
-            raise LoweringError(f"'{node.name}' ({target_name(node)}) is not part of a quantized cluster")
+            if cluster is None or node not in cluster.output_moves:
+                raise LoweringError(f"'{node.name}' ({target_name(node)}) is not part of a quantized cluster")
         try:
             _convert_node(node, ctx)
         except LoweringError as error:

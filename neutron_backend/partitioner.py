@@ -304,6 +304,12 @@ class NeutronPartitioner(Partitioner):
                 return reject(f"fused {target_name(node)} is {user_reason}")
             if node in cluster.fused and not (verdict := member.verdict(node, ctx)):
                 return reject(f"fused {target_name(node)} '{node.name}': {verdict.reason}")
+        for node in cluster.output_moves:
+            member = ops.lookup(node.target)
+            if member is None or not (verdict := member.verdict(node, ctx)):
+                reason = "it has no Neutron implementation" if member is None else verdict.reason
+                return reject(f"its result goes through {target_name(node)} ('{node.name}') before its quantize: "
+                              f"{reason}")
         return verdict
 
     # -- partitions --------------------------------------------------------------------------------------------

@@ -130,6 +130,9 @@ class NeutronOperator:
     # The argument position of a bias that may be a float constant (XNNPACKQuantizer and others leave the bias in
     # float and their backends quantize it): the lowering quantizes it to int32 at scale s_in * s_w.
     float_bias_arg: int | None = None
+    # The input position whose features the conversion can take in any order by reordering its weights (a fully
+    # connected layer's input), so a flatten of an NHWC image feeding it needs no transpose.
+    feature_input: int | None = None
     no_op: Callable[[Node], bool] | None = None  # True when this particular node computes nothing
     fusable: Callable[[Node], bool] | None = None  # ACTIVATION: may run fused into the conv/linear before it
     # The target's limits in numbers, for `neutron ops --target` (e.g. the largest Cin per kernel size).

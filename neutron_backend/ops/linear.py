@@ -119,11 +119,12 @@ OPERATORS = [
                     }, aliases=("linear",),
                     targets=(edge("aten.addmm.default"),), kind=OpKind.COMPUTE,
                     constraints=_CONSTRAINTS, check=_check, macs=_macs, weight_args=(0, 2), float_bias_arg=0,
-                    convert=_convert,
+                    feature_input=1, convert=_convert,
                     quantization=("int8 activations; int8 symmetric weights, per tensor or per output feature; int32 "
                                   "bias (a float bias is quantized at s_in * s_w)")),
     NeutronOperator(name="aten.mm.default", aliases=("linear",),
                     targets=(edge("aten.mm.default"),), kind=OpKind.COMPUTE,
-                    constraints="rank-2 static weight", check=_check, macs=_macs, weight_args=(1,), convert=_convert,
+                    constraints="rank-2 static weight", check=_check, macs=_macs, weight_args=(1,), feature_input=0,
+                    convert=_convert,
                     quantization="int8 activations; int8 symmetric weights, per tensor or per output feature"),
 ]
