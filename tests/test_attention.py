@@ -147,11 +147,17 @@ def test_attention_from_neutron_quantizer_is_one_partition(shape, tmp_path: Path
     # steps from the float model). No bound here: see the README, Attention.
 
 
-@pytest.mark.parametrize("shape", [(1, 16, 64), pytest.param((4, 256, 64), marks=pytest.mark.slow)])
-def test_attention_from_xnnpack_quantizer_keeps_its_float_core_on_the_cpu(shape, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("shape", "linears_on_npu"), [
+    ((1, 16, 64), 2),
+    # With 4 images the output projection's input (a transposed view) is not contiguous, and ExecuTorch decomposes
+    # that linear into expand + bmm + add instead of addmm: it stays on the CPU, where the quantized model runs it.
+    pytest.param((4, 256, 64), 1, marks=pytest.mark.slow),
+])
+def test_attention_from_xnnpack_quantizer_keeps_its_float_core_on_the_cpu(shape, linears_on_npu,
+                                                                         tmp_path: Path) -> None:
     """XNNPACKQuantizer annotates the linear layers only (it has no rule for attention, bmm or softmax): its
     quantized model computes attention in float, which an int8 NPU cannot reproduce, so those nodes stay on the CPU
-    with the reason. Each linear layer is delegated: its float bias quantized to int32 while lowering, and the
+    with the reason. The linear layers are delegated: their float biases quantized to int32 while lowering, and the
     reshape between addmm and the quantize (XNNPACKQuantizer quantizes a rank-3 linear's result after it) taken
     into the cluster."""
     from neutron_backend.verify import output_scales
@@ -160,12 +166,12 @@ def test_attention_from_xnnpack_quantizer_keeps_its_float_core_on_the_cpu(shape,
     quantized = xnnpack_quantized(ViTAttention().eval(), (torch.randn(shape),), per_channel=False)
     report, got, want = lower_and_run(quantized, shape, tmp_path)
     delegated, on_cpu = _counts(report, delegated=True), _counts(report, delegated=False)
-    assert delegated.get("aten.addmm.default") == 2 and report.num_partitions == 2, str(report)
-    assert (on_cpu.get("aten.bmm.default"), on_cpu.get("aten._softmax.default")) == (2, 1), str(report)
+    assert delegated.get("aten.addmm.default") == linears_on_npu == report.num_partitions, str(report)
+    assert "aten.bmm.default" not in delegated and on_cpu.get("aten._softmax.default") == 1, str(report)
     for entry in report.nodes:
         if entry.target in ("aten.bmm.default", "aten._softmax.default"):
-            assert entry.reason.startswith("not quantized: input"), entry.reason
+            assert entry.reason.startswith("not quantized: "), entry.reason
     (scale,) = output_scales(quantized)
-    # Requantizing operators on the NPU on the longest path: the two linear layers (the float core between them
-    # runs the quantized model's own kernels).
-    assert steps(got, want, scale) <= 2
+    # Requantizing operators on the NPU on the longest path: the delegated linear layers (the float core runs the
+    # quantized model's own kernels).
+    assert steps(got, want, scale) <= linears_on_npu
