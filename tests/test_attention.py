@@ -116,7 +116,7 @@ def _counts(report, delegated: bool) -> dict[str, int]:
 @pytest.mark.parametrize("shape", [
     (1, 16, 64),
     # The size: 4 x 4 heads x 256 x 256 scores, over the softmax limit, split in two.
-    pytest.param((4, 256, 64), marks=pytest.mark.slow),
+    (4, 256, 64),
 ])
 def test_attention_from_neutron_quantizer_is_one_partition(shape, tmp_path: Path) -> None:
     from neutron_backend.quantizer.calibration import quantize_model, random_batches
@@ -151,7 +151,7 @@ def test_attention_from_neutron_quantizer_is_one_partition(shape, tmp_path: Path
     ((1, 16, 64), 2),
     # With 4 images the output projection's input (a transposed view) is not contiguous, and ExecuTorch decomposes
     # that linear into expand + bmm + add instead of addmm: it stays on the CPU, where the quantized model runs it.
-    pytest.param((4, 256, 64), 1, marks=pytest.mark.slow),
+    ((4, 256, 64), 1),
 ])
 def test_attention_from_xnnpack_quantizer_keeps_its_float_core_on_the_cpu(shape, linears_on_npu,
                                                                          tmp_path: Path) -> None:
