@@ -30,7 +30,7 @@ from neutron_backend.clusters import (
 from neutron_backend.compile_spec import NeutronCompileOptions
 from neutron_backend.ir import IRBuilder, channels_last_perm, to_channels_last_shape
 from neutron_backend.ir.formats import FormatMap
-from neutron_backend.ops.base import QParams, flat_inputs, shape_of
+from neutron_backend.ops.base import INT32_MAX, QParams, flat_inputs, shape_of
 from neutron_backend.ops.shape import CONSTANT_MOVES
 from neutron_backend.payload import TensorSpec
 
@@ -180,6 +180,15 @@ class ConversionContext:
         raw, q = self.weight(node, index)
         return ((raw.astype(np.float64).reshape(-1) - np.asarray(q.zero_point, np.float64))
                 * np.asarray(q.scale, np.float64))
+
+    def int32_bias(self, node: Node, values: np.ndarray, scale) -> np.ndarray:
+        """`values` (real) as an int32 bias at `scale` (s_in * s_w, per channel or not); LoweringError when one is
+        beyond int32, which rounding and casting would wrap silently."""
+        steps = np.round(np.asarray(values, np.float64) / np.asarray(scale, np.float64))
+        if steps.size and np.abs(steps).max() > INT32_MAX:
+            raise LoweringError(f"the bias of '{node.name}' reaches {np.abs(steps).max():.4g} steps of its int32 "
+                                f"scale s_in * s_w, beyond the int32 range (at most {INT32_MAX})", node=node.name)
+        return steps.astype(np.int32)
 
     def int32_constant(self, base: str, values) -> int:
         data = np.asarray(values, dtype=np.int32)

@@ -213,7 +213,7 @@ def _weights_and_bias(node: Node, ctx, p: ConvParams):
         bias_float = ctx.bias_values(node, 2)
     else:
         bias_float = np.zeros(p.cout)
-    bias = np.round(bias_float / (x_scale * w_scales)).astype(np.int32)
+    bias = ctx.int32_bias(node, bias_float, x_scale * w_scales)
     return weights, w_scales, bias
 
 

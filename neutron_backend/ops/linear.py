@@ -97,7 +97,7 @@ def _convert(node: Node, ctx) -> None:
         bias_float = ctx.bias_values(node, 0)
         # The weight scale is a scalar, or one per output feature when quantized per channel.
         bias_scale = x_q.scale * np.asarray(w_q.scale, np.float64)
-        bias = np.round(bias_float / bias_scale).astype(np.int32)
+        bias = ctx.int32_bias(node, bias_float, bias_scale)
         bias_id = ctx.builder.add_tensor(ctx.name(f"{node.name}_bias"), bias.shape, "int32",
                                          scale=bias_scale.tolist() if w_q.per_channel else float(bias_scale),
                                          zero_point=0, data=bias)
