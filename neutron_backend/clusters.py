@@ -36,6 +36,16 @@ def op_name(node: Node) -> str:
     return getattr(target, "__name__", str(target))
 
 
+def _is_float(node: Node) -> bool:
+    value = node.meta.get("val")
+    return isinstance(value, torch.Tensor) and value.dtype.is_floating_point
+
+
+def _dtype_name(node: Node) -> str:
+    value = node.meta.get("val")
+    return str(getattr(value, "dtype", "non-tensor")).removeprefix("torch.")
+
+
 def is_quantize(node: Any) -> bool:
     return isinstance(node, Node) and node.op == "call_function" and op_name(node) in _QUANTIZE
 
@@ -133,6 +143,11 @@ class Cluster:
     auxiliary: list[Node] = field(default_factory=list)
     getitems: list[Node] = field(default_factory=list)
     quantized_outputs: list[Node] = field(default_factory=list)
+    # Float constant inputs (e.g. the float bias XNNPACKQuantizer leaves): the operator's declaration says whether
+    # it takes one there (NeutronOperator.float_bias_arg); the partitioner rejects the others.
+    float_constants: list[Node] = field(default_factory=list)
+    # Data movement between the result and its quantize (a reshape another quantizer quantizes after).
+    output_moves: list[Node] = field(default_factory=list)
     problem: str | None = None
 
     @property
@@ -145,6 +160,7 @@ class Cluster:
         yield from self.auxiliary
         yield self.head
         yield from self.fused
+        yield from self.output_moves
         yield from self.getitems
         # A requantization's head is its own quantized output.
         yield from (node for node in self.quantized_outputs if node is not self.head)
@@ -196,6 +212,12 @@ class ClusterIndex:
         self._auxiliary_memo[node] = result
         return result
 
+    @staticmethod
+    def _is_output_move(node: Node) -> bool:
+        """A data-movement node whose only input is a compute result and whose only user is a quantize."""
+        return (node.op == "call_function" and op_name(node) in CONSTANT_MOVES and len(tensor_inputs(node)) == 1
+                and len(node.users) == 1 and is_quantize(next(iter(node.users))))
+
     def _is_fused(self, node: Node) -> bool:
         """An activation applied directly to a single-use compute result, quantized only after it."""
         inputs = tensor_inputs(node)
@@ -234,10 +256,12 @@ class ClusterIndex:
                 cluster.problem = (f"its input dequantize '{source.name}' also feeds '{other.name}' "
                                    f"({op_name(other) or other.op}); Neutron needs a dequantize of its own per "
                                    "quantized operator")
+        elif self.constants.is_constant(source) and _is_float(source):
+            cluster.float_constants.append(source)
         elif cluster.problem is None:
             if self.constants.is_constant(source):
-                cluster.problem = (f"not quantized: input '{source.name}' is a float constant, not dequantized int8; "
-                                   "quantize the model with NeutronQuantizer")
+                cluster.problem = (f"input '{source.name}' is a {_dtype_name(source)} constant, not dequantized "
+                                   "int8; Neutron computes on int8 values that come from a dequantize node")
             else:
                 producer = "a model input" if source.op == "placeholder" else f"'{source.name}' ({op_name(source)})"
                 value = source.meta.get("val")
@@ -252,6 +276,12 @@ class ClusterIndex:
                                        "(prepare_pt2e / convert_pt2e)")
 
     def _trace_outputs(self, cluster: Cluster, last: Node) -> None:
+        if len(last.users) == 1 and self._is_output_move(next(iter(last.users))):
+            # A quantizer that annotates the result only after a reshape (XNNPACKQuantizer's rank-3 linear:
+            # addmm -> view_copy -> quantize): quantizing commutes with moving data, so the move joins the cluster.
+            (move,) = last.users
+            cluster.output_moves.append(move)
+            last = move
         for user in last.users:
             if is_quantize(user):
                 cluster.quantized_outputs.append(user)

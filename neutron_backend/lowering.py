@@ -30,7 +30,7 @@ from neutron_backend.clusters import (
 from neutron_backend.compile_spec import NeutronCompileOptions
 from neutron_backend.ir import IRBuilder, channels_last_perm, to_channels_last_shape
 from neutron_backend.ir.formats import FormatMap
-from neutron_backend.ops.base import QParams, flat_inputs, shape_of
+from neutron_backend.ops.base import INT32_MAX, QParams, flat_inputs, shape_of
 from neutron_backend.ops.shape import CONSTANT_MOVES
 from neutron_backend.payload import TensorSpec
 
@@ -168,6 +168,28 @@ class ConversionContext:
             tensor = CONSTANT_MOVES[op_name(step)](step, tensor)
         return tensor.contiguous().numpy(), qparams
 
+    def bias_values(self, node: Node, index: int) -> np.ndarray:
+        """The real values of a bias input, flattened: a dequantized int32 constant dequantized, or a float
+        constant (a quantizer that leaves the bias in float, as XNNPACKQuantizer does) as it is."""
+        source = flat_inputs(node)[index]
+        if not is_dequantize(source):
+            value = self.index.constants.value(source)
+            if value is None:
+                raise LoweringError(f"bias input {index} of '{node.name}' is not a constant")
+            return value.detach().to(torch.float64).reshape(-1).numpy()
+        raw, q = self.weight(node, index)
+        return ((raw.astype(np.float64).reshape(-1) - np.asarray(q.zero_point, np.float64))
+                * np.asarray(q.scale, np.float64))
+
+    def int32_bias(self, node: Node, values: np.ndarray, scale) -> np.ndarray:
+        """`values` (real) as an int32 bias at `scale` (s_in * s_w, per channel or not); LoweringError when one is
+        beyond int32, which rounding and casting would wrap silently."""
+        steps = np.round(np.asarray(values, np.float64) / np.asarray(scale, np.float64))
+        if steps.size and np.abs(steps).max() > INT32_MAX:
+            raise LoweringError(f"the bias of '{node.name}' reaches {np.abs(steps).max():.4g} steps of its int32 "
+                                f"scale s_in * s_w, beyond the int32 range (at most {INT32_MAX})", node=node.name)
+        return steps.astype(np.int32)
+
     def int32_constant(self, base: str, values) -> int:
         data = np.asarray(values, dtype=np.int32)
         return self.builder.add_tensor(self.name(base), data.shape, "int32", data=data)
@@ -227,7 +249,9 @@ class ConversionContext:
                 if not is_dequantize(dequantize):
                     return False
                 for user in dequantize.users:
-                    if op_name(user) not in ("addmm", "mm") or flat_inputs(user)[-2] is not dequantize:
+                    operator = ops.lookup(user.target)
+                    position = None if operator is None else operator.feature_input
+                    if position is None or flat_inputs(user)[position] is not dequantize:
                         return False
         return True
 
@@ -277,10 +301,13 @@ class ConversionContext:
         """Gives the value of a cluster's head to its fused activations, getitems and quantize nodes; a quantize
         with other qparams than the value's (one of several quantize users) gets a requantized copy instead."""
         cluster = self.index.cluster_of.get(node)
-        if cluster is None or node is not cluster.head:
+        if cluster is None or node not in (cluster.head, *cluster.output_moves):
             return
-        for member in [*cluster.fused, *cluster.getitems]:
-            self.values[member] = value
+        if node is cluster.head:
+            for member in [*cluster.fused, *cluster.getitems]:
+                self.values[member] = value
+        if node is not (cluster.output_moves or [cluster.head])[-1]:
+            return  # the quantize nodes follow the data movement after the result
         scale, zero_point = self.builder.tensor_quantization(value.tensor)
         for quantize in cluster.quantized_outputs:
             q = read_qparams(quantize, self.index.constants)
@@ -383,7 +410,8 @@ def lower_partition(program: ExportedProgram, options: NeutronCompileOptions) ->
         elif cluster is None or node is not cluster.head:
             if cluster is not None and node in cluster.fused:
                 continue
-            raise LoweringError(f"'{node.name}' ({target_name(node)}) is not part of a quantized cluster")
+            if cluster is None or node not in cluster.output_moves:
+                raise LoweringError(f"'{node.name}' ({target_name(node)}) is not part of a quantized cluster")
         try:
             _convert_node(node, ctx)
         except LoweringError as error:

@@ -284,6 +284,8 @@ class NeutronPartitioner(Partitioner):
             return reject(cluster.problem)
         if operator is None:
             return reject(_unsupported(head))
+        if float_problem := _float_constant_problem(cluster, operator):
+            return reject(float_problem)
         if user_reason := self._excluded_by_user(head):
             return reject(user_reason)
         if shape_problem := _shape_problem([*flat_inputs(head), head, *cluster.fused]):
@@ -302,6 +304,12 @@ class NeutronPartitioner(Partitioner):
                 return reject(f"fused {target_name(node)} is {user_reason}")
             if node in cluster.fused and not (verdict := member.verdict(node, ctx)):
                 return reject(f"fused {target_name(node)} '{node.name}': {verdict.reason}")
+        for node in cluster.output_moves:
+            member = ops.lookup(node.target)
+            if member is None or not (verdict := member.verdict(node, ctx)):
+                reason = "it has no Neutron implementation" if member is None else verdict.reason
+                return reject(f"its result goes through {target_name(node)} ('{node.name}') before its quantize: "
+                              f"{reason}")
         return verdict
 
     # -- partitions --------------------------------------------------------------------------------------------
@@ -520,6 +528,17 @@ def has_portable_kernel(op: Any) -> bool:
 def _unsupported(node: Node) -> str:
     return (f"{target_name(node)} is not supported on Neutron (this backend has no NPU implementation of it), so it "
             "runs on the CPU")
+
+
+def _float_constant_problem(cluster: Cluster, operator: ops.NeutronOperator) -> str | None:
+    """Why a float constant input rules the cluster out, or None when each one is a bias the operator quantizes."""
+    inputs = flat_inputs(cluster.head)
+    for constant in cluster.float_constants:
+        positions = [i for i, node in enumerate(inputs) if node is constant]
+        if positions != [operator.float_bias_arg]:
+            return (f"not quantized: input '{constant.name}' is a float constant, not dequantized int8; "
+                    "quantize the model with NeutronQuantizer")
+    return None
 
 
 def _shape_problem(nodes: Sequence[Node]) -> str | None:

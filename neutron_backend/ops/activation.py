@@ -20,8 +20,8 @@ from neutron_backend.ops.base import (
 from neutron_backend.ops.edge import edge
 from neutron_backend.ops.limits import VersionedLimit, applies
 from neutron_backend.quantizer.kinds import (
-    INDEPENDENT,
     Clamp,
+    Independent,
     aten,
 )
 
@@ -103,11 +103,13 @@ def _convert(node: Node, ctx) -> None:
 _CONSTRAINTS = ("bounds (0, inf), (0, 6), (-1, 1) run as RELU, RELU6, RELU_N1_TO_1, fused into a preceding "
                 "convolution or linear layer; (0, 1) as RELU_0_TO_1; other bounds need equal input/output qparams "
                 "(clamped in the integer domain)")
+_HARDTANH_BOUNDS = Clamp(low=(1, "min_val", -1.0), high=(2, "max_val", 1.0))
+_CLAMP_BOUNDS = Clamp(low=(1, "min", None), high=(2, "max", None))
 OPERATORS = [
     NeutronOperator(name="aten.relu.default",
                     annotated_as={
-                        aten.relu.default: INDEPENDENT,
-                        aten.relu_.default: INDEPENDENT,
+                        aten.relu.default: Independent(fusable=True),
+                        aten.relu_.default: Independent(fusable=True),
                     }, targets=(edge("aten.relu.default"),),
                     layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
                     constraints="fused into a preceding convolution or linear layer when it follows one",
@@ -115,19 +117,19 @@ OPERATORS = [
                     qparams=_contract),
     NeutronOperator(name="aten.hardtanh.default",
                     annotated_as={
-                        aten.relu6.default: INDEPENDENT,
-                        aten.hardtanh.default: Clamp(),
-                        aten.hardtanh_.default: Clamp(),
+                        aten.relu6.default: Independent(fusable=True),
+                        aten.hardtanh.default: _HARDTANH_BOUNDS,
+                        aten.hardtanh_.default: _HARDTANH_BOUNDS,
                     }, aliases=("relu6",), targets=(edge("aten.hardtanh.default"),),
                     layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
                     constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,
                     qparams=_contract, versioned_limits=(RELU_BOUNDS_ONLY,)),
     NeutronOperator(name="aten.clamp.default",
                     annotated_as={
-                        aten.clamp.default: Clamp(),
-                        aten.clamp_.default: Clamp(),
-                        aten.clamp_min.default: Clamp(),
-                        aten.clamp_max.default: Clamp(),
+                        aten.clamp.default: _CLAMP_BOUNDS,
+                        aten.clamp_.default: _CLAMP_BOUNDS,
+                        aten.clamp_min.default: Clamp(low=(1, "min", None), high=None),
+                        aten.clamp_max.default: Clamp(low=None, high=(1, "max", None)),
                     }, targets=(edge("aten.clamp.default"),),
                     layout=Layout.CARRIES, kind=OpKind.ACTIVATION,
                     constraints=_CONSTRAINTS, check=_check, fusable=_fusable, convert=_convert,

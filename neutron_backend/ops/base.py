@@ -127,6 +127,12 @@ class NeutronOperator:
     macs: Callable[[Node], int] | None = None
     quantization: str = "int8 per-tensor activations"
     weight_args: tuple[int, ...] = field(default=())  # argument positions holding static weights or bias
+    # The argument position of a bias that may be a float constant (XNNPACKQuantizer and others leave the bias in
+    # float and their backends quantize it): the lowering quantizes it to int32 at scale s_in * s_w.
+    float_bias_arg: int | None = None
+    # The input position whose features the conversion can take in any order by reordering its weights (a fully
+    # connected layer's input), so a flatten of an NHWC image feeding it needs no transpose.
+    feature_input: int | None = None
     no_op: Callable[[Node], bool] | None = None  # True when this particular node computes nothing
     fusable: Callable[[Node], bool] | None = None  # ACTIVATION: may run fused into the conv/linear before it
     # The target's limits in numbers, for `neutron ops --target` (e.g. the largest Cin per kernel size).
@@ -206,6 +212,29 @@ def check_qparams_contract(operator: NeutronOperator, node: Node, ctx: CheckCont
                       f"{_describe(output_q, input_q)}; {name} needs all inputs and the output to share qparams "
                       "(NeutronQuantizer does this)")
     return SUPPORTED
+
+
+INT32_MAX = 2**31 - 1
+
+
+def float_bias_problem(node: Node, ctx: CheckContext, input_index: int, weight_index: int,
+                       bias_index: int) -> str | None:
+    """Why a float constant bias cannot be quantized to int32 at scale s_in * s_w (a value beyond int32), or None
+    (also when the bias is quantized already or its values are not known while partitioning)."""
+    bias = flat_inputs(node)[bias_index]
+    if ctx.input_qparams(node, bias_index) is not None:
+        return None
+    value = ctx.constant(bias)
+    x_q, w_q = ctx.input_qparams(node, input_index), ctx.input_qparams(node, weight_index)
+    if value is None or x_q is None or w_q is None or w_q.scale is None or not value.dtype.is_floating_point:
+        return None
+    weight_scales = w_q.scale if isinstance(w_q.scale, tuple) else (w_q.scale,)
+    largest = float(value.detach().abs().max()) / (x_q.scale * min(weight_scales)) if value.numel() else 0.0
+    if largest > INT32_MAX:
+        return (f"float bias '{bias.name}' reaches {largest:.4g} steps of its int32 scale s_in * s_w = "
+                f"{x_q.scale:.6g} x {min(weight_scales):.6g}, beyond the int32 range (at most {INT32_MAX}); quantize "
+                "the bias with the model (NeutronQuantizer does)")
+    return None
 
 
 def flat_inputs(node: Node) -> list[Node]:

@@ -31,6 +31,7 @@ from neutron_backend.ops.base import (
     OpKind,
     Verdict,
     ceil_to,
+    float_bias_problem,
     numel,
     reject,
     shape_of,
@@ -117,6 +118,8 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
         return reject(f"weight '{w.name}' is computed at run time; Neutron needs constant weights")
     if b is not None and not ctx.is_static(b):
         return reject(f"bias '{b.name}' is computed at run time; Neutron needs a constant bias")
+    if b is not None and (problem := float_bias_problem(node, ctx, 0, 1, 2)):
+        return reject(problem)
     p = conv_params(node)
     if p.transposed:
         if p.groups != 1:
@@ -207,11 +210,10 @@ def _weights_and_bias(node: Node, ctx, p: ConvParams):
     w_scales = np.broadcast_to(np.asarray(w_q.scale, dtype=np.float64), (p.cout,))
     x_scale = ctx.input_qparams(node, 0).scale
     if node.args[2] is not None:
-        bias_raw, b_q = ctx.weight(node, 2)
-        bias_float = (bias_raw.astype(np.float64) - np.asarray(b_q.zero_point)) * np.asarray(b_q.scale)
+        bias_float = ctx.bias_values(node, 2)
     else:
         bias_float = np.zeros(p.cout)
-    bias = np.round(bias_float / (x_scale * w_scales)).astype(np.int32)
+    bias = ctx.int32_bias(node, bias_float, x_scale * w_scales)
     return weights, w_scales, bias
 
 
@@ -397,11 +399,12 @@ OPERATORS = [
                      "(also with a channel multiplier) or split into one conv per group; transposed: groups = 1, "
                      "dilation 1, stride <= 2, stride <= kernel, padding < kernel"),
         quantization=("int8 activations; int8 symmetric per-channel weights (axis 0; axis 1 when transposed); "
-                      "int32 bias"),
+                      "int32 bias (a float bias is quantized at s_in * s_w)"),
         check=_check,
         check_target=_check_target,
         macs=_macs,
         weight_args=(1, 2),
+        float_bias_arg=2,
         convert=_convert,
         target_limits=_target_limits,
     ),

@@ -11,6 +11,7 @@ from neutron_backend.ops.base import (
     OpKind,
     Verdict,
     arg,
+    float_bias_problem,
     reject,
     shape_of,
 )
@@ -54,6 +55,8 @@ def _check(node: Node, ctx: CheckContext) -> Verdict:
         p = shape_of(weight)[1]
         if list(shape_of(bias)) not in ([p], [1, p]):
             return reject(f"bias shape {list(shape_of(bias))} is not [{p}] or [1, {p}]")
+        if problem := float_bias_problem(node, ctx, 1, 2, 0):
+            return reject(problem)
         for name, default in (("beta", 1), ("alpha", 1)):
             value = arg(node, 3 if name == "beta" else 4, name, default)
             if value != 1:
@@ -91,12 +94,10 @@ def _convert(node: Node, ctx) -> None:
             weights.reshape(-1, channels, height, width).transpose(0, 2, 3, 1).reshape(weights.shape[0], -1))
     bias_id = -1
     if has_bias:
-        bias_raw, b_q = ctx.weight(node, 0)
-        # Scales and zero points are scalars, or one per output feature when quantized per channel.
-        bias_float = ((bias_raw.astype(np.float64).reshape(-1) - np.asarray(b_q.zero_point, np.float64))
-                      * np.asarray(b_q.scale, np.float64))
+        bias_float = ctx.bias_values(node, 0)
+        # The weight scale is a scalar, or one per output feature when quantized per channel.
         bias_scale = x_q.scale * np.asarray(w_q.scale, np.float64)
-        bias = np.round(bias_float / bias_scale).astype(np.int32)
+        bias = ctx.int32_bias(node, bias_float, bias_scale)
         bias_id = ctx.builder.add_tensor(ctx.name(f"{node.name}_bias"), bias.shape, "int32",
                                          scale=bias_scale.tolist() if w_q.per_channel else float(bias_scale),
                                          zero_point=0, data=bias)
@@ -117,11 +118,13 @@ OPERATORS = [
                         aten.linear.default: Weighted(per_channel=False),
                     }, aliases=("linear",),
                     targets=(edge("aten.addmm.default"),), kind=OpKind.COMPUTE,
-                    constraints=_CONSTRAINTS, check=_check, macs=_macs, weight_args=(0, 2), convert=_convert,
+                    constraints=_CONSTRAINTS, check=_check, macs=_macs, weight_args=(0, 2), float_bias_arg=0,
+                    feature_input=1, convert=_convert,
                     quantization=("int8 activations; int8 symmetric weights, per tensor or per output feature; int32 "
-                                  "bias")),
+                                  "bias (a float bias is quantized at s_in * s_w)")),
     NeutronOperator(name="aten.mm.default", aliases=("linear",),
                     targets=(edge("aten.mm.default"),), kind=OpKind.COMPUTE,
-                    constraints="rank-2 static weight", check=_check, macs=_macs, weight_args=(1,), convert=_convert,
+                    constraints="rank-2 static weight", check=_check, macs=_macs, weight_args=(1,), feature_input=0,
+                    convert=_convert,
                     quantization="int8 activations; int8 symmetric weights, per tensor or per output feature"),
 ]

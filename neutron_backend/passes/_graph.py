@@ -3,6 +3,7 @@ and the lift of a 1D operator to its 2D form."""
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -18,11 +19,15 @@ aten = torch.ops.aten
 # nn_module_stack, and the rest keeps error messages and debug output pointing at the user's code.
 _PROVENANCE = ("nn_module_stack", "source_fn_stack", "stack_trace", "torch_fn", "custom", "from_node")
 
-# Elementwise activations that commute with a reshape, so a rewrite may apply them to the 4D value and reshape
-# after them: a conv then keeps its activation fused.
-_ELEMENTWISE_ACTIVATIONS = frozenset({
-    aten.relu.default, aten.relu_.default, aten.relu6.default, aten.hardtanh.default, aten.hardtanh_.default,
-})
+@functools.cache
+def _elementwise_activations() -> frozenset:
+    """The pre-dispatch targets of the activation operators (relu, relu6, hardtanh, clamp...), read from their
+    declarations: elementwise, so they commute with a reshape and a rewrite may apply them to the 4D value and
+    reshape after them, where a conv keeps its activation fused."""
+    from neutron_backend import ops
+
+    return frozenset(target for operator in ops.operators() if operator.kind is ops.OpKind.ACTIVATION
+                     for target in operator.annotated_as)
 
 
 def value(node: Any) -> Any:
@@ -142,7 +147,7 @@ def activation_chain(node: Node) -> list[Node]:
     current = node
     while len(current.users) == 1:
         (user,) = current.users
-        if user.op != "call_function" or user.target not in _ELEMENTWISE_ACTIVATIONS or user.args[0] is not current:
+        if user.op != "call_function" or user.target not in _elementwise_activations() or user.args[0] is not current:
             break
         chain.append(user)
         current = user

@@ -33,6 +33,9 @@ from neutron_backend.quantizer.config import (
 
 aten = torch.ops.aten
 
+# node.meta key holding the node's annotation kind while NeutronQuantizer annotates (read by the fused tail).
+KIND_META_KEY = "neutron_annotation_kind"
+
 # Resolves the configuration a node is quantized with (None: left in float).
 ConfigOf = Callable[[Node], NeutronQuantizationConfig | None]
 
@@ -64,25 +67,20 @@ def _set_annotation(
     )
 
 
-_CLAMPS = (aten.clamp.default, aten.clamp_.default)
-_HARDTANHS = (aten.hardtanh.default, aten.hardtanh_.default)
+# Where a clamp-like operator's bound is: (argument position, keyword, default); None when it has no such bound.
+Bound = tuple[int, str, float | None] | None
+
+
+def _bound(node: Node, bound: Bound, infinite: float) -> float:
+    if bound is None:
+        return infinite
+    position, keyword, default = bound
+    value = _arg(node, position, keyword, default)
+    return infinite if value is None else float(value)
 
 
 def _arg(node: Node, index: int, name: str, default: object) -> object:
     return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
-
-
-def _hardtanh_bounds(node: Node) -> tuple[float, float]:
-    """(min, max) of a hardtanh or clamp node (clamp_min/clamp_max included); a missing clamp bound is infinite."""
-    if node.target in _HARDTANHS:
-        return float(_arg(node, 1, "min_val", -1.0)), float(_arg(node, 2, "max_val", 1.0))
-    if node.target == aten.clamp_min.default:
-        low, high = _arg(node, 1, "min", None), None
-    elif node.target == aten.clamp_max.default:
-        low, high = None, _arg(node, 1, "max", None)
-    else:
-        low, high = _arg(node, 1, "min", None), _arg(node, 2, "max", None)
-    return (-float("inf") if low is None else float(low)), (float("inf") if high is None else float(high))
 
 
 # Clamp bounds the NPU runs as an activation function (RELU6, RELU_N1_TO_1, RELU_0_TO_1): their output
@@ -93,16 +91,17 @@ _FUSABLE_BOUNDS = frozenset({(0.0, float("inf")), (0.0, 6.0), (-1.0, 1.0)})
 
 
 def _is_fusable_activation(node: Node) -> bool:
-    """Returns whether `node` is a ReLU, ReLU6 or ReLU_N1_TO_1 form (relu, relu6, hardtanh or clamp), which a
-    conv/linear runs fused (no requantization).
+    """Returns whether `node` is a ReLU, ReLU6 or ReLU_N1_TO_1 form (an operator whose declaration annotates it as
+    a fusable Independent, or a Clamp with those bounds), which a conv/linear runs fused (no requantization).
 
     sigmoid and tanh are not: TFLite's int8 conv/fully-connected kernels fuse only these three, so a sigmoid or
     tanh after a conv is its own LOGISTIC/TANH operator reading an int8 tensor, whose qparams the conv's output
     observer provides.
     """
-    if node.target in (aten.relu.default, aten.relu_.default, aten.relu6.default):
-        return True
-    return node.target in (*_HARDTANHS, *_CLAMPS) and _hardtanh_bounds(node) in _FUSABLE_BOUNDS
+    kind = node.meta.get(KIND_META_KEY)
+    if isinstance(kind, Independent):
+        return kind.fusable
+    return isinstance(kind, Clamp) and kind.bounds(node) in _FUSABLE_BOUNDS
 
 
 def _is_batch_norm(node: Node) -> bool:
@@ -193,7 +192,10 @@ class Weighted:
 
 @dataclass(frozen=True)
 class Independent:
-    """add, standalone relu/relu6: every tensor input and the output observed on their own."""
+    """add, standalone relu/relu6: every tensor input and the output observed on their own. `fusable`: a ReLU
+    form a preceding conv/linear runs fused."""
+
+    fusable: bool = False
 
     def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
         inputs = [arg for arg in node.args if isinstance(arg, Node)]
@@ -236,10 +238,17 @@ class SharedAll:
 @dataclass(frozen=True)
 class Clamp:
     """hardtanh, clamp: an activation form (0..inf, 0..6, -1..1, 0..1) is observed on its own; other bounds share
-    the input's qparams."""
+    the input's qparams. `low` and `high` say where the operator keeps its bounds."""
+
+    low: Bound
+    high: Bound
+
+    def bounds(self, node: Node) -> tuple[float, float]:
+        """(min, max) of the node; a missing bound is infinite."""
+        return _bound(node, self.low, -float("inf")), _bound(node, self.high, float("inf"))
 
     def annotate(self, node: Node, config: NeutronQuantizationConfig, config_of: ConfigOf) -> bool:
-        kind = Independent() if _hardtanh_bounds(node) in _ACTIVATION_BOUNDS else SharedWithInput()
+        kind = Independent() if self.bounds(node) in _ACTIVATION_BOUNDS else SharedWithInput()
         return kind.annotate(node, config, config_of)
 
 

@@ -11,7 +11,7 @@ from torchao.quantization.pt2e.quantizer import Quantizer
 from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
 
 from neutron_backend.quantizer.config import NeutronQuantizationConfig, get_neutron_quantization_config
-from neutron_backend.quantizer.kinds import is_annotated, is_float_tensor
+from neutron_backend.quantizer.kinds import KIND_META_KEY, Weighted, is_annotated, is_float_tensor
 from neutron_backend.quantizer.patterns import patterns, settle_input_specs
 from neutron_backend.targets import NeutronTarget, get_target
 
@@ -33,14 +33,13 @@ def _normalize_module_path(path: str) -> str:
     return path[len(prefix) :] if path.startswith(prefix) else path
 
 
-_CONVOLUTIONS = frozenset({
-    torch.ops.aten.conv1d.default,
-    torch.ops.aten.conv2d.default,
-})
-_TRANSPOSED_CONVOLUTIONS = frozenset({
-    torch.ops.aten.conv_transpose1d.default,
-    torch.ops.aten.conv_transpose2d.input,
-})
+def _convolutions(transposed: bool) -> frozenset:
+    """The pre-dispatch convolution targets (transposed or not), read from the declarations' annotations:
+    convolutions are the weighted ones with per-channel weights (linear layers are per tensor)."""
+    return frozenset(target for target, kind in patterns().items()
+                     if isinstance(kind, Weighted) and kind.per_channel and kind.transposed is transposed)
+
+
 # Argument position of `groups` in aten.conv_transpose{1,2}d(input, weight, bias, stride, padding,
 # output_padding, groups, dilation).
 _TRANSPOSED_GROUPS_ARG = 6
@@ -52,7 +51,7 @@ def _conv_bias(conv: Node) -> object:
 
 def _conv_out_channels(conv: Node) -> int:
     weight_shape = conv.args[1].meta["val"].shape
-    if conv.target in _CONVOLUTIONS:
+    if conv.target in _convolutions(transposed=False):
         return int(weight_shape[0])
     groups = conv.args[_TRANSPOSED_GROUPS_ARG] if len(conv.args) > _TRANSPOSED_GROUPS_ARG else conv.kwargs.get(
         "groups", 1)
@@ -105,7 +104,7 @@ def add_zero_bias_before_batch_norm(model: GraphModule) -> int:
     """
     added = 0
     for node in list(model.graph.nodes):
-        if node.op != "call_function" or node.target not in _CONVOLUTIONS | _TRANSPOSED_CONVOLUTIONS:
+        if node.op != "call_function" or node.target not in _convolutions(False) | _convolutions(True):
             continue
         users = list(node.users)
         if _conv_bias(node) is not None or len(users) != 1 or users[0].target != torch.ops.aten.batch_norm.default:
@@ -229,8 +228,11 @@ class NeutronQuantizer(Quantizer):
         """Annotates `model`'s graph in place (topological order, so a conv claims its activation before the
         activation is visited). Returns `model`."""
         counts: dict[str, int] = {"annotated": 0, "excluded": 0}
-        for node in model.graph.nodes:
-            if node.op != "call_function" or is_annotated(node):
+        calls = [node for node in model.graph.nodes if node.op == "call_function"]
+        for node in calls:
+            node.meta[KIND_META_KEY] = patterns().get(node.target)
+        for node in calls:
+            if is_annotated(node):
                 continue
             kind = patterns().get(node.target)
             if kind is None:
@@ -246,6 +248,8 @@ class NeutronQuantizer(Quantizer):
             else:
                 _record(node, SKIPPED_META_KEY, "NeutronQuantizer left it in float because an input or its output "
                                                 "is not a float32 tensor (it quantizes float32 values only)")
+        for node in calls:
+            del node.meta[KIND_META_KEY]
         counts["settled"] = settle_input_specs(model, self._config_of)
         self._warn_unmatched_node_names(model)
         logger.debug("NeutronQuantizer(%s): %s", self.target.name, counts)
