@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[test,models]"
 	touch $(STAMP)
 
+# CI has 2 cores: one pytest-xdist worker each. --dist loadfile keeps a test file on one worker, so its module-scoped
+# fixtures and per-module caches (a model lowered once for several tests) are built once, not once per worker.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 demo: $(STAMP)
 	$(VENV)/bin/neutron demo
