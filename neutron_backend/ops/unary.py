@@ -62,6 +62,18 @@ def _int8_only(node: Node, ctx: CheckContext) -> Verdict:
     return SUPPORTED
 
 
+def _check_hardswish(node: Node, ctx: CheckContext) -> Verdict:
+    """TFLite's int8 HARD_SWISH scales its input by s_in / 128 into the output in one multiplier it requires to be
+    below 1 (its Prepare fails otherwise): an output scale at or below s_in / 128 cannot be computed."""
+    x_q, out_q = ctx.input_qparams(node, 0), ctx.output_qparams(node)
+    if x_q is not None and out_q is not None and (
+            float(np.float32(1.0 / 128.0) * np.float32(x_q.scale)) / float(np.float32(out_q.scale)) >= 1.0):
+        return reject(f"output scale {out_q.scale:.6g} is not above input scale {x_q.scale:.6g} / 128; int8 "
+                      "HARD_SWISH needs s_out > s_in / 128 (NeutronQuantizer's observers give that for a calibrated "
+                      "range)")
+    return SUPPORTED
+
+
 def _non_negative_input(function: str) -> Callable[[Node, CheckContext], Verdict]:
     """log and rsqrt: the int8 input must not be able to hold a negative value (zero point at the int8 minimum).
 
@@ -232,8 +244,9 @@ OPERATORS = [
               {
                   aten.hardswish.default: INDEPENDENT,
                   aten.hardswish_.default: INDEPENDENT,
-              }, _int8_only, _unary("HARD_SWISH"),
-              constraints=f"{_INT8}; kept whole through decomposition when quantized"),
+              }, _check_hardswish, _unary("HARD_SWISH"),
+              constraints=f"{_INT8}; output scale > input scale / 128; kept whole through decomposition when "
+                          "quantized"),
     _operator("aten.hardsigmoid.default",
               {
                   aten.hardsigmoid.default: INDEPENDENT,
