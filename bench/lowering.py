@@ -495,6 +495,12 @@ def write(result: dict) -> None:
                          f"{ours['partitions']} / {xnn['partitions']} | "
                          + ", ".join(f"{k} {v:.2f}" for k, v in ours["stages_s"].items()) + " |")
         lines.append("")
+        runs = [row["run"] for row in flows if "run" in row]
+        if runs:
+            lines += ["Each row is its own run (both flows in one process): "
+                      + "; ".join(f"{row['model']}: `{row['run']['command']}`, commit {row['run']['commit']}, load "
+                                  f"average {row['run']['load_average']} after it" for row in flows if "run" in row)
+                      + ".", ""]
     chains = result.get("chains")
     if chains:
         lines += ["## Conv chains: our stages next to ExecuTorch's", "",
@@ -566,12 +572,21 @@ def main(argv: list[str] | None = None) -> int:
         kept = json.loads(previous.read_text())
         skipped = {"mobilenet": args.skip_mobilenet, "chains": args.skip_chains, "flows": not args.flows}
         result.update({key: kept[key] for key, skip in skipped.items() if skip and key in kept})
+        # Flow cases this run does not measure keep their last rows (each row compares both flows in one process).
+        rerun = set(filter(None, args.flows.split(",")))
+        if rerun:
+            result["flows"] = [row for row in kept.get("flows", []) if row["model"] not in rerun]
     stock = ["--stock-torch"] if args.stock_torch else []
     if not args.skip_mobilenet:
         result["mobilenet"] = _in_subprocess(["--_mobilenet", "--repeat", str(args.repeat), *stock])
     for name in filter(None, args.flows.split(",")):
-        result.setdefault("flows", []).append(_in_subprocess(["--_flow", name, *stock]))
+        row = _in_subprocess(["--_flow", name, *stock])
+        machine = _machine()
+        row["run"] = dict(command=command, commit=machine["commit"], load_average=machine["load_average"])
+        result.setdefault("flows", []).append(row)
         print(json.dumps(result["flows"][-1]), flush=True)
+        result["flows"].sort(key=lambda row: FLOW_MODELS.index(row["model"]) if row["model"] in FLOW_MODELS
+                             else len(FLOW_MODELS))
         result["machine"] = _machine()
         write(result)
     if not args.skip_chains:

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from neutron_suite_flow import FLOW_NAME, RESULTS_ENV, SUITE_DIR, read_results
+from neutron_suite_flow import FLOW_NAME, RESULTS_ENV, SUITE_DIR, TIMEOUT_ENV, read_results
 
 TESTS_DIR = Path(__file__).parent
 MAX_ERROR_STEPS = 1.0
@@ -42,17 +42,19 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict]:
-    results = tmp_path_factory.mktemp("suite") / "results.jsonl"
-    files = sorted({file for file, _ in CASES})
-    selection = " or ".join(sorted({case for _, case in CASES}))
+def _run_suite(results: Path, files: list[str], selection: str, extra_env: dict[str, str] | None = None):
     command = [sys.executable, "-m", "pytest", "-c", os.devnull, "--rootdir", str(SUITE_DIR), "-p",
                "neutron_suite_flow", "-p", "no:cacheprovider", "-q", "-W", "ignore", "-k", selection,
                *(str(SUITE_DIR / "operators" / file) for file in files)]
-    env = dict(os.environ, **{RESULTS_ENV: str(results)},
+    env = dict(os.environ, **{RESULTS_ENV: str(results)}, **(extra_env or {}),
                PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])))
-    run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict]:
+    results = tmp_path_factory.mktemp("suite") / "results.jsonl"
+    run = _run_suite(results, sorted({file for file, _ in CASES}), " or ".join(sorted({case for _, case in CASES})))
     assert results.exists(), f"the suite wrote no results:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
     found = {}
     for record in read_results(results):
@@ -72,3 +74,21 @@ def test_suite_case_outcome(outcomes: dict[tuple[str, str], dict], file: str, ca
             steps = subtest["error_steps"]
             assert steps and None not in steps, f"no output scale to measure the error in steps: {subtest}"
             assert max(steps) <= MAX_ERROR_STEPS, subtest
+
+
+def test_a_case_over_the_time_limit_stops_there_and_the_run_goes_on(tmp_path: Path) -> None:
+    # Two LSTM cases with a 1 s limit: each stops in its first subtest (num_layers has two), is recorded as failed
+    # with the reason, and the run reaches the second case. The runner used to swallow the time-out as one
+    # subtest's result and run the case's other subtests in full; pytest once crashed formatting its traceback.
+    results = tmp_path / "results.jsonl"
+    run = _run_suite(results, ["test_lstm.py"], "test_lstm_num_layers or test_lstm_batch_first_false",
+                     {TIMEOUT_ENV: "1"})
+    assert "INTERNALERROR" not in run.stdout + run.stderr, run.stdout[-3000:]
+    assert run.returncode == 1, run.stdout[-3000:]
+    records = {record["case"].split("[")[0]: record for record in read_results(results)}
+    assert sorted(records) == ["test_lstm_batch_first_false", "test_lstm_num_layers"]
+    for record in records.values():
+        assert record["status"] == "failed" and record["subtests"] == [], record
+        assert record["error"] == "the case ran longer than 1 s", record
+        # 1 s, plus what the interpreter finishes before it handles the signal (one torch call).
+        assert record["seconds"] < 10, record

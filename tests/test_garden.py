@@ -69,3 +69,27 @@ def test_garden_build_is_seeded_and_in_eval_mode():
     assert example[0].shape == (1, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(first(*example), second(*example))
+
+
+def test_small_vision_transformer_keeps_only_layer_norm_and_gelu_on_the_cpu():
+    # torchvision's own ViT at a small size. nn.MultiheadAttention unflattens its packed q/k/v projection; that
+    # view once took bmm's symmetric qparams while its input kept the projection's, so it requantized on the CPU
+    # (vit_b_16: 12 view_copy nodes). LayerNorm and GELU have no NPU implementation (facts.md).
+    from executorch.exir import to_edge_transform_and_lower
+
+    from neutron_backend.compile_spec import generate_neutron_compile_spec
+    from neutron_backend.partitioner import NeutronPartitioner
+    from neutron_backend.quantizer.calibration import quantize_model, random_batches
+
+    vision_transformer = torchvision_garden.import_torchvision().models.vision_transformer.VisionTransformer
+    torch.manual_seed(0)
+    model = vision_transformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=32, mlp_dim=64,
+                               num_classes=10).eval()
+    example = (torch.randn(1, 3, 32, 32),)
+    quantized = quantize_model(model, example, calibration_batches=random_batches(example, CALIBRATION_BATCHES),
+                               progress=False)
+    partitioner = NeutronPartitioner(generate_neutron_compile_spec("imxrt700"))
+    to_edge_transform_and_lower(torch.export.export(quantized, example), partitioner=[partitioner])
+    cpu = sorted(str(e.target) for e in partitioner.report.nodes if not e.delegated and e.kind not in PLUMBING_KINDS)
+    # ln_1 and ln_2 of the one encoder layer, the encoder's final ln, the MLP's GELU.
+    assert cpu == ["aten.gelu.default"] + ["aten.native_layer_norm.default"] * 3

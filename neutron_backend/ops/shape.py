@@ -152,7 +152,12 @@ OPERATORS = [
                         aten.view.default: SHARED,
                         aten.reshape.default: SHARED,
                         aten.flatten.using_ints: SHARED,
-                    }, aliases=("view", "reshape", "flatten"),
+                        # nn.MultiheadAttention's `unflatten` of the packed q/k/v projection (ViT): left out, its
+                        # output took bmm's symmetric spec while its input kept the projection's.
+                        aten.unflatten.int: SHARED,
+                        aten.view_as.default: SHARED,
+                        aten.reshape_as.default: SHARED,
+                    }, aliases=("view", "reshape", "flatten", "unflatten"),
                     targets=(edge("aten.view_copy.default"),), kind=OpKind.SHAPE,
                     constraints=_CONSTRAINTS, check=_check, convert=_convert_view,
                     quantization=_SHARED, qparams=QParamsContract.OUTPUT_EQUALS_INPUT),
@@ -160,6 +165,10 @@ OPERATORS = [
                     annotated_as={
                         aten.transpose.int: SHARED,
                         aten.permute.default: SHARED,
+                        aten.swapaxes.default: SHARED,
+                        aten.movedim.int: SHARED,
+                        aten.t.default: SHARED,
+                        aten.mT.default: SHARED,
                     }, aliases=("permute", "transpose"),
                     targets=(edge("aten.permute_copy.default"),),
                     kind=OpKind.SHAPE, constraints=_CONSTRAINTS, check=_check, convert=_convert_permute,
