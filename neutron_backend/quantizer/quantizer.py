@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 
 import torch
@@ -33,6 +34,7 @@ def _normalize_module_path(path: str) -> str:
     return path[len(prefix) :] if path.startswith(prefix) else path
 
 
+@functools.cache
 def _convolutions(transposed: bool) -> frozenset:
     """The pre-dispatch convolution targets (transposed or not), read from the declarations' annotations:
     convolutions are the weighted ones with per-channel weights (linear layers are per tensor)."""
