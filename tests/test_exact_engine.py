@@ -300,6 +300,8 @@ def test_portable_kernels_equal_the_vectorized_ones() -> None:
     shifts = np.array([p[1] for p in pairs], dtype=np.int32)
     x = rng.integers(-128, 128, (2, 9, 8, channels)).astype(np.int8)
     weight = rng.integers(-128, 128, (3, 3, channels)).astype(np.int8)
+    packed = np.empty(-(-channels // 32) * 5 * 64, dtype=np.int16)
+    host.nb_depthwise_pack(native.pointer(weight), 9, channels, native.pointer(packed))
     outputs = []
     for library in (host, portable):
         requantized = np.empty(acc.shape, dtype=np.int8)
@@ -307,7 +309,8 @@ def test_portable_kernels_equal_the_vectorized_ones() -> None:
                               native.pointer(shifts), 0, -3, -100, 120, native.pointer(requantized))
         convolved = np.empty((2, 7, 6, channels), dtype=np.int8)
         assert library.nb_depthwise_conv(
-            native.pointer(x), 2, 9, 8, channels, native.pointer(weight), 3, 3, 1, 1, 1, 1, 1, 7, 6, 5,
+            native.pointer(x), 2, 9, 8, channels, native.pointer(weight), native.pointer(packed), 3, 3, 1, 1, 1,
+            1, 1, 7, 6,
             native.pointer(offset), native.pointer(multipliers), native.pointer(shifts), -3, -100, 120,
             native.pointer(convolved)) == 0
         outputs.append((requantized, convolved))

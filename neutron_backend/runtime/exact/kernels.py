@@ -25,6 +25,7 @@ from neutron_backend.runtime.exact.fixed_point import (
     multiply_by_quantized_multiplier,
     quantize_multiplier,
     round_half_away_f32,
+    wrap_int32,
 )
 from neutron_backend.runtime.exact.gemm import Int8GemmRequantize
 from neutron_backend.runtime.exact.model import Operator, Tensor
@@ -84,13 +85,15 @@ def _geometry(op: Operator, kernel_h: int, kernel_w: int) -> tuple[tuple[int, in
 
 
 def _padded(x: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]], pad_value: int) -> np.ndarray:
-    """NHWC ``x`` padded in height and width with ``pad_value``, C-contiguous."""
+    """NHWC int8 ``x`` padded in height and width with ``pad_value``, C-contiguous."""
     (top, bottom), (left, right) = pads
+    x = np.ascontiguousarray(x)
     if not any((top, bottom, left, right)):
-        return np.ascontiguousarray(x)
-    padded = np.full((x.shape[0], x.shape[1] + top + bottom, x.shape[2] + left + right, x.shape[3]), pad_value,
-                     dtype=x.dtype)
-    padded[:, top:top + x.shape[1], left:left + x.shape[2]] = x
+        return x
+    batches, height, width, channels = x.shape
+    padded = np.empty((batches, height + top + bottom, width + left + right, channels), dtype=x.dtype)
+    native.library().nb_pad_hw(native.pointer(x), batches, height, width, channels * x.itemsize, top, bottom, left,
+                               right, pad_value, native.pointer(padded))
     return padded
 
 
@@ -98,11 +101,11 @@ def _patches(x: np.ndarray, kernel: tuple[int, int], stride: tuple[int, int], di
              pads: tuple[tuple[int, int], tuple[int, int]], out_hw: tuple[int, int], pad_value: int) -> np.ndarray:
     """im2col of NHWC int8 ``x``: rows (n, oy, ox), columns (ky, kx, c), padding holding ``pad_value``."""
     x = _padded(x, pads, pad_value)
-    sn, sh, sw, sc = x.strides
-    windows = np.lib.stride_tricks.as_strided(
-        x, (x.shape[0], *out_hw, *kernel, x.shape[3]),
-        (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc), writeable=False)
-    return windows.reshape(-1, kernel[0] * kernel[1] * x.shape[3])
+    batches, height, width, channels = x.shape
+    rows = np.empty((batches * out_hw[0] * out_hw[1], kernel[0] * kernel[1] * channels), dtype=np.int8)
+    native.library().nb_im2col(native.pointer(x), batches, height, width, channels, *kernel, *stride, *dilation,
+                               *out_hw, native.pointer(rows))
+    return rows
 
 
 def conv_2d(op: Operator) -> Kernel:
@@ -152,16 +155,20 @@ def depthwise_conv_2d(op: Operator) -> Kernel:
         raise UnsupportedOperator(f"DEPTHWISE_CONV_2D with {channels} output channels for {in_channels} inputs "
                                   "(not a multiple)")
     stride, dilation, pads_h, pads_w = _geometry(op, kh, kw)
-    bias = b_t.data.astype(np.int32) if b_t is not None and b_t.data is not None else np.zeros(channels, np.int32)
+    bias = b_t.data.astype(np.int64) if b_t is not None and b_t.data is not None else np.zeros(channels, np.int64)
+    # The kernel sums x * w over every tap of the zero-point-padded input; zp_in * sum(w) comes off the bias.
+    bias = wrap_int32(bias - x_t.zero_point * w_t.data.astype(np.int64).sum(axis=(0, 1, 2))).astype(np.int32)
     multipliers, shifts = _conv_multipliers(x_t, w_t, out, channels)
     multipliers, shifts = multipliers.astype(np.int32), shifts.astype(np.int32)
     weight = np.ascontiguousarray(w_t.data.reshape(kh, kw, channels))
+    packed = np.empty(-(-channels // 32) * -(-(kh * kw) // 2) * 64, dtype=np.int16)
+    native.library().nb_depthwise_pack(native.pointer(weight), kh * kw, channels, native.pointer(packed))
     low, high = _output_range(op)
     out_h, out_w = out.shape[1], out.shape[2]
-    held = (weight, bias, multipliers, shifts)  # kept alive by run(): the library reads them by address
-    constants = (in_channels, native.pointer(weight), kh, kw, channels // in_channels, *stride, *dilation, out_h,
-                 out_w, x_t.zero_point, native.pointer(bias), native.pointer(multipliers), native.pointer(shifts),
-                 out.zero_point, low, high)
+    held = (weight, packed, bias, multipliers, shifts)  # kept alive by run(): the library reads them by address
+    constants = (in_channels, native.pointer(weight), native.pointer(packed), kh, kw, channels // in_channels,
+                 *stride, *dilation, out_h, out_w, native.pointer(bias), native.pointer(multipliers),
+                 native.pointer(shifts), out.zero_point, low, high)
 
     def run(inputs: Sequence[np.ndarray | None], held: tuple[np.ndarray, ...] = held) -> np.ndarray:
         x = _padded(np.asarray(inputs[0]), (pads_h, pads_w), x_t.zero_point)
@@ -526,10 +533,14 @@ def mean(op: Operator) -> Kernel:
         multiplier = (multiplier << fold) // count
         shift -= fold
 
+    lanes = out.shape[-1] if out.shape else 1
+    requantize = Requantizer(np.full(lanes, -x_t.zero_point * count), np.full(lanes, multiplier),
+                             np.full(lanes, shift), out.zero_point, -128, 127)
+
     def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
-        total = np.asarray(inputs[0]).astype(np.int64).sum(axis=axes, keepdims=keep) - x_t.zero_point * count
-        scaled = multiply_by_quantized_multiplier(total, multiplier, shift)
-        return np.clip(scaled + out.zero_point, -128, 127).astype(np.int8)
+        # int32 sums, as the reference's accumulator (the wrap-around of C's int32 included).
+        total = np.asarray(inputs[0]).sum(axis=axes, keepdims=keep, dtype=np.int32)
+        return requantize(total.reshape(-1, lanes)).reshape(total.shape)
 
     return run
 
@@ -555,9 +566,25 @@ def reshape(op: Operator) -> Kernel:
 
 
 def transpose(op: Operator) -> Kernel:
-    """TRANSPOSE by the constant permutation."""
+    """TRANSPOSE by the constant permutation. A permutation that keeps leading axes and swaps the two blocks of
+    the rest (NCHW <-> NHWC among them) is a batch of 2D transposes, compiled."""
     perm = tuple(int(p) for p in op.inputs[1].data.reshape(-1))
-    return lambda inputs: np.ascontiguousarray(np.transpose(inputs[0], perm))
+    kept = next((k for k, p in enumerate(perm) if p != k), len(perm))
+    split = perm[kept] if kept < len(perm) else len(perm)
+    if perm != (*range(kept), *range(split, len(perm)), *range(kept, split)):
+        return lambda inputs: np.ascontiguousarray(np.transpose(inputs[0], perm))
+
+    def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
+        x = np.ascontiguousarray(inputs[0])
+        if x.dtype.itemsize != 1:
+            return np.ascontiguousarray(np.transpose(x, perm))
+        out = np.empty([x.shape[p] for p in perm], dtype=x.dtype)
+        native.library().nb_transpose_2d(native.pointer(x), math.prod(x.shape[:kept]),
+                                         math.prod(x.shape[kept:split]), math.prod(x.shape[split:]),
+                                         native.pointer(out))
+        return out
+
+    return run
 
 
 def slice_(op: Operator) -> Kernel:
@@ -581,12 +608,15 @@ def _paddings(op: Operator) -> list[tuple[int, int]]:
 
 
 def pad(op: Operator) -> Kernel:
-    """PAD (with the output zero point) and PADV2 (with its constant value)."""
+    """PAD (with the output zero point) and PADV2 (with its constant value); padding of height and width only
+    (NHWC) is compiled."""
     widths = _paddings(op)
     if op.name == "PADV2" and len(op.inputs) > 2 and op.inputs[2] is not None:
         value = int(op.inputs[2].data.reshape(-1)[0])
     else:
         value = op.outputs[0].zero_point
+    if len(widths) == 4 and not any((*widths[0], *widths[3])):
+        return lambda inputs: _padded(inputs[0], (widths[1], widths[2]), value)
 
     def run(inputs: Sequence[np.ndarray | None]) -> np.ndarray:
         x = np.asarray(inputs[0])

@@ -27,8 +27,12 @@ _SIGNATURES = {
     "nb_binary_table": (None, [_I32P, _I32P, ctypes.c_int64, _I32P, _I32P]),
     "nb_gemm_requantize": (_I32, [_I32P, ctypes.c_int64, _I32, ctypes.c_int64, _I32P, _I32, _I32P, _I32P, _I32P,
                                   _I32, _I32, _I32, _I32, _I32P]),
-    "nb_depthwise_conv": (_I32, [_I32P, _I32, _I32, _I32, _I32, _I32P, _I32, _I32, _I32, _I32, _I32, _I32, _I32,
+    "nb_depthwise_pack": (None, [_I32P, _I32, _I32, _I32P]),
+    "nb_depthwise_conv": (_I32, [_I32P, _I32, _I32, _I32, _I32, _I32P, _I32P, _I32, _I32, _I32, _I32, _I32, _I32,
                                  _I32, _I32, _I32, _I32P, _I32P, _I32P, _I32, _I32, _I32, _I32P]),
+    "nb_pad_hw": (None, [_I32P, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32P]),
+    "nb_transpose_2d": (None, [_I32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _I32P]),
+    "nb_im2col": (None, [_I32P, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32P]),
 }
 
 
