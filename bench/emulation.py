@@ -15,7 +15,9 @@ Q/DQ nodes around it are elementwise. The batch-1 `.pte` files of XNNPACK run 32
 model takes the batch of 32 directly.
 
 Every measurement is repeated, the engines interleaved inside each repetition (the machine is shared), and
-medians reported with the load average before and after. torch, ExecuTorch's threadpool (XNNPACK) and LiteRT run
+medians reported with the load average before and after. At batch 1 a repetition times `--calls` consecutive
+calls per engine (the steady state of verifying a dataset, and less timer noise than one call; the slow LiteRT
+reference path one call). torch, ExecuTorch's threadpool (XNNPACK) and LiteRT run
 one thread each.
 
     nice -n 10 python bench/emulation.py            # writes bench/results/emulation.{json,md}
@@ -84,13 +86,15 @@ def _xnnpack(model: torch.nn.Module, example: tuple[torch.Tensor, ...], director
     return pte
 
 
-def _timed(fn) -> float:
+def _timed(fn, calls: int = 1) -> float:
+    """Seconds per call of ``calls`` consecutive calls."""
     start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    for _ in range(calls):
+        fn()
+    return (time.perf_counter() - start) / calls
 
 
-def bench_model(name: str, directory: Path, repeats: int, batch: int) -> dict:
+def bench_model(name: str, directory: Path, repeats: int, batch: int, calls: int) -> dict:
     from executorch.runtime import Runtime
 
     from neutron_backend.runtime import emulate, load_pte
@@ -132,7 +136,8 @@ def bench_model(name: str, directory: Path, repeats: int, batch: int) -> dict:
                                                     f"batch{batch}": {e: [] for e in ENGINES}}
         for repeat in range(repeats):
             for engine in ENGINES:
-                times["batch1"][engine].append(_timed(single[engine]))
+                # LiteRT's reference path is ~30x slower than the others: one call per repetition bounds its cost.
+                times["batch1"][engine].append(_timed(single[engine], 1 if engine == "reference" else calls))
             for engine in ENGINES:
                 # LiteRT's reference path takes ~30x longer per image; a third of the repetitions bound its cost.
                 if engine == "reference" and repeat % 3:
@@ -158,8 +163,9 @@ def _markdown(result: dict, batch: int) -> str:
         "",
         f"Measured {result['date']} on {result['machine']} ({result['cpus']} CPUs shared with other developers; "
         f"load average {result['load_before'][0]:.1f} before, {result['load_after'][0]:.1f} after). "
-        f"{result['threads']}. Medians of {result['repeats']} interleaved repetitions "
-        "(LiteRT reference at batch 32: every third repetition).",
+        f"{result['threads']}. Medians of {result['repeats']} interleaved repetitions; at batch 1 each repetition "
+        f"times {result['calls']} consecutive calls per engine (the steady state of running a dataset; LiteRT "
+        "reference: one call), at batch 32 one call (LiteRT reference: every third repetition).",
         "",
         f"Command: `{result['command']}`",
         "",
@@ -192,6 +198,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["mobilenet_v2", "resnet8"])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--calls", type=int, default=10, help="consecutive batch-1 calls timed per repetition")
     args = parser.parse_args()
     torch.set_num_threads(1)
     from executorch.extension.pybindings.portable_lib import _threadpool_get_thread_count, _unsafe_reset_threadpool
@@ -203,10 +210,11 @@ def main() -> None:
     result = {"command": command.strip(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": platform.processor() or
               platform.machine(), "cpus": os.cpu_count(), "threads": threads, "repeats": args.repeats,
+              "calls": args.calls,
               "load_before": os.getloadavg(), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
-            result["models"][name] = bench_model(name, Path(tmp), args.repeats, args.batch)
+            result["models"][name] = bench_model(name, Path(tmp), args.repeats, args.batch, args.calls)
             print(name, json.dumps({k: v for k, v in result["models"][name].items() if k != "raw_s"}), flush=True)
     result["load_after"] = os.getloadavg()
     RESULTS.mkdir(exist_ok=True)
