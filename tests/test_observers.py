@@ -7,7 +7,6 @@ import pytest
 import torch
 from torchao.quantization.pt2e import HistogramObserver
 
-from neutron_backend.quantizer.config import get_neutron_quantization_config
 from neutron_backend.quantizer.observers import FastHistogramObserver
 
 
@@ -38,11 +37,6 @@ def test_same_qparams_as_torchao(kind: int, dtype: torch.dtype) -> None:
             fast(chunk)
         want, got = reference.calculate_qparams(), fast.calculate_qparams()
         assert torch.equal(want[0], got[0]) and torch.equal(want[1], got[1]), (kind, trial, want, got)
-
-
-def test_the_activation_spec_uses_it() -> None:
-    spec = get_neutron_quantization_config().activation
-    assert spec.observer_or_fake_quant_ctr is FastHistogramObserver
 
 
 def test_same_qparams_past_float32_counts() -> None:

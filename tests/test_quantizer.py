@@ -773,7 +773,6 @@ def _observer_of(prepared: GraphModule, node: Node) -> nn.Module:
 def test_observers_histogram_for_activations_minmax_for_weights_fake_quantizers_for_qat() -> None:
     from torchao.quantization.pt2e import (
         FakeQuantize,
-        HistogramObserver,
         MinMaxObserver,
         MovingAverageMinMaxObserver,
         MovingAveragePerChannelMinMaxObserver,
@@ -781,12 +780,15 @@ def test_observers_histogram_for_activations_minmax_for_weights_fake_quantizers_
     )
     from torchao.quantization.pt2e.quantize_pt2e import prepare_qat_pt2e
 
+    from neutron_backend.quantizer.observers import FastHistogramObserver
+
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Flatten(), nn.Linear(288, 4))
     inputs = (torch.randn(1, 3, 8, 8),)
     prepared = prepare_pt2e(torch.export.export(model.eval(), inputs).module(), NeutronQuantizer("imxrt700"))
     conv, linear = _only(prepared, aten.conv2d.default), _only(prepared, aten.linear.default)
-    assert type(_observer_of(prepared, conv.args[0])) is HistogramObserver
-    assert type(_observer_of(prepared, linear.args[0])) is HistogramObserver
+    # torchao's histogram observer, its range search sped up (tests/test_observers.py: the same qparams).
+    assert type(_observer_of(prepared, conv.args[0])) is FastHistogramObserver
+    assert type(_observer_of(prepared, linear.args[0])) is FastHistogramObserver
     conv_weight = _observer_of(prepared, conv.args[1])
     assert type(conv_weight) is PerChannelMinMaxObserver and conv_weight.ch_axis == 0
     assert type(_observer_of(prepared, linear.args[1])) is MinMaxObserver
