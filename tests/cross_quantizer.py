@@ -155,8 +155,15 @@ def check(case: CrossCase, directory: Path) -> Outcome:
     return Outcome(delegated, len(entries), worst, tolerance)
 
 
+# Float operators that never widen a difference (|f(a) - f(b)| <= |a - b|).
+_NON_EXPANSIVE = {"relu", "relu6", "hardtanh", "clamp"}
+
+
 def _output_scale(quantized: nn.Module, case: CrossCase) -> float | None:
-    """The scale of the reference's output quantization; None when its output is float."""
+    """The scale of the reference's output quantization; None when its output is float all the way.
+
+    An output computed in float by non-expansive operators from a dequantized value (XNNPACKQuantizer leaves the
+    relu6 after a convolution in float) carries that value's difference unchanged: its steps count."""
     if case.qparams is not None:
         return case.qparams[1][0]
     from neutron_backend.verify import output_scales
@@ -164,5 +171,24 @@ def _output_scale(quantized: nn.Module, case: CrossCase) -> float | None:
     try:
         (scale,) = output_scales(quantized)
     except ValueError:
-        return None
+        return _float_tail_scale(quantized)
     return scale
+
+
+def _float_tail_scale(quantized: nn.Module) -> float | None:
+    """The scale of the dequantize the single output reaches through non-expansive float operators, or None."""
+    (output,) = [n for n in quantized.graph.nodes if n.op == "output"]
+    results = output.args[0]
+    if isinstance(results, (tuple, list)):
+        if len(results) != 1:
+            return None
+        results = results[0]
+    node = results
+    while isinstance(node, torch.fx.Node) and node.op == "call_function" and hasattr(node.target, "_schema"):
+        name = node.target._schema.name.split("::")[-1]
+        if name == "dequantize_per_tensor":
+            return float(node.args[1])
+        if name not in _NON_EXPANSIVE:
+            return None
+        node = node.args[0]
+    return None
