@@ -159,27 +159,40 @@ def depthwise_conv_2d(op: Operator) -> Kernel:
     # The kernel sums x * w over every tap of the zero-point-padded input; zp_in * sum(w) comes off the bias.
     bias = wrap_int32(bias - x_t.zero_point * w_t.data.astype(np.int64).sum(axis=(0, 1, 2))).astype(np.int32)
     multipliers, shifts = _conv_multipliers(x_t, w_t, out, channels)
-    multipliers, shifts = multipliers.astype(np.int32), shifts.astype(np.int32)
-    weight = np.ascontiguousarray(w_t.data.reshape(kh, kw, channels))
-    packed = np.empty(-(-channels // 32) * -(-(kh * kw) // 2) * 64, dtype=np.int16)
-    native.library().nb_depthwise_pack(native.pointer(weight), kh * kw, channels, native.pointer(packed))
-    low, high = _output_range(op)
-    out_h, out_w = out.shape[1], out.shape[2]
-    held = (weight, packed, bias, multipliers, shifts)  # kept alive by run(): the library reads them by address
-    constants = (in_channels, native.pointer(weight), native.pointer(packed), kh, kw, channels // in_channels,
-                 *stride, *dilation, out_h, out_w, native.pointer(bias), native.pointer(multipliers),
-                 native.pointer(shifts), out.zero_point, low, high)
+    return _NativeDepthwise(op, bias, multipliers.astype(np.int32), shifts.astype(np.int32), stride, dilation,
+                            (pads_h, pads_w))
 
-    def run(inputs: Sequence[np.ndarray | None], held: tuple[np.ndarray, ...] = held) -> np.ndarray:
-        x = _padded(np.asarray(inputs[0]), (pads_h, pads_w), x_t.zero_point)
-        y = np.empty((x.shape[0], out_h, out_w, channels), dtype=np.int8)
+
+class _NativeDepthwise:
+    """DEPTHWISE_CONV_2D by ``nb_depthwise_conv``: the constant arrays live as long as this object, since the
+    library reads them by the addresses taken here."""
+
+    def __init__(self, op: Operator, bias: np.ndarray, multipliers: np.ndarray, shifts: np.ndarray,
+                 stride: tuple[int, int], dilation: tuple[int, int], pads: tuple[tuple[int, int], ...]) -> None:
+        x_t, w_t, out = op.inputs[0], op.inputs[1], op.outputs[0]
+        _, kh, kw, self.channels = w_t.shape
+        in_channels = x_t.shape[-1]
+        self.pads, self.input_zero_point = pads, x_t.zero_point
+        self.out_hw = (out.shape[1], out.shape[2])
+        self.weight = np.ascontiguousarray(w_t.data.reshape(kh, kw, self.channels))
+        self.packed = np.empty(-(-self.channels // 32) * -(-(kh * kw) // 2) * 64, dtype=np.int16)
+        native.library().nb_depthwise_pack(native.pointer(self.weight), kh * kw, self.channels,
+                                           native.pointer(self.packed))
+        self.bias, self.multipliers, self.shifts = bias, multipliers, shifts
+        self._constants = (in_channels, native.pointer(self.weight), native.pointer(self.packed), kh, kw,
+                           self.channels // in_channels, *stride, *dilation, *self.out_hw, native.pointer(self.bias),
+                           native.pointer(self.multipliers), native.pointer(self.shifts), out.zero_point,
+                           *_output_range(op))
+
+    def __call__(self, inputs: Sequence[np.ndarray | None]) -> np.ndarray:
+        x = _padded(np.asarray(inputs[0]), self.pads, self.input_zero_point)
+        y = np.empty((x.shape[0], *self.out_hw, self.channels), dtype=np.int8)
         status = native.library().nb_depthwise_conv(
-            native.pointer(x), x.shape[0], x.shape[1], x.shape[2], *constants, native.pointer(y))
+            native.pointer(x), x.shape[0], x.shape[1], x.shape[2], *self._constants, native.pointer(y))
         if status:
-            raise MemoryError(f"DEPTHWISE_CONV_2D: no memory for a row of {out_w} x {channels} accumulators")
+            raise MemoryError(f"DEPTHWISE_CONV_2D: no memory for a row of {self.out_hw[1]} x {self.channels} "
+                              "accumulators")
         return y
-
-    return run
 
 
 def transpose_conv(op: Operator) -> Kernel:

@@ -52,6 +52,13 @@ inline int8_t clamp_to_int8(int32_t value, int32_t low, int32_t high) {
 }
 
 #if NB_AVX512
+// The mask of the first `count` of kWidth lanes (all of them when count >= kWidth).
+template <typename Mask, int kWidth>
+inline Mask first_lanes(int64_t count) {
+  return count >= kWidth ? static_cast<Mask>(~static_cast<uint64_t>(0))
+                         : static_cast<Mask>((static_cast<uint64_t>(1) << count) - 1);
+}
+
 // multiply_double_rounding on 16 lanes, its two roundings done as one: with P = (x << left) * M (64 bits) and
 // r = max(-shift, 0), RoundingDivideByPOT(floor((P + 2^30) / 2^31), r) rounds half away from zero, which is
 // floor((h + 2^(r-1) - [h < 0]) / 2^r) for r >= 1; nested floors of divisions by powers of two merge, and
@@ -123,20 +130,29 @@ inline void store_int8(int8_t* out, __mmask16 lanes, __m512i y, __m512i zero_poi
 }
 #endif
 
+// requantize_rows one value at a time, with the rounding of `Multiply`.
+template <int32_t (*Multiply)(int32_t, int32_t, int32_t)>
+inline void requantize_rows_scalar(const int32_t* acc, int64_t acc_stride, int64_t rows, const int32_t* offset,
+                                   const int32_t* multiplier, const int32_t* shift, int32_t channels,
+                                   int32_t zero_point, int32_t low, int32_t high, int8_t* out, int64_t out_stride) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int32_t c = 0; c < channels; ++c) {
+      // The offset is added as C adds int32 (wrapping), as the reference's int32 accumulator does.
+      const int32_t x = static_cast<int32_t>(static_cast<uint32_t>(acc[r * acc_stride + c]) +
+                                             static_cast<uint32_t>(offset[c]));
+      out[r * out_stride + c] = clamp_to_int8(Multiply(x, multiplier[c], shift[c]) + zero_point, low, high);
+    }
+  }
+}
+
 // Requantizes `rows` rows of `channels` accumulators (rows `acc_stride` and `out_stride` elements apart):
 // out[c] = clamp(M(acc[c] + offset[c]) + zero_point, low, high).
 inline void requantize_rows(const int32_t* acc, int64_t acc_stride, int64_t rows, const int32_t* offset,
                             const int32_t* multiplier, const int32_t* shift, int32_t channels, int32_t single_rounding,
                             int32_t zero_point, int32_t low, int32_t high, int8_t* out, int64_t out_stride) {
   if (single_rounding) {
-    for (int64_t r = 0; r < rows; ++r) {
-      for (int32_t c = 0; c < channels; ++c) {
-        const int32_t x = static_cast<int32_t>(static_cast<uint32_t>(acc[r * acc_stride + c]) +
-                                               static_cast<uint32_t>(offset[c]));
-        out[r * out_stride + c] =
-            clamp_to_int8(multiply_single_rounding(x, multiplier[c], shift[c]) + zero_point, low, high);
-      }
-    }
+    requantize_rows_scalar<multiply_single_rounding>(acc, acc_stride, rows, offset, multiplier, shift, channels,
+                                                     zero_point, low, high, out, out_stride);
     return;
   }
 #if NB_AVX512
@@ -144,8 +160,7 @@ inline void requantize_rows(const int32_t* acc, int64_t acc_stride, int64_t rows
   const __m512i low_lanes = _mm512_set1_epi32(low);
   const __m512i high_lanes = _mm512_set1_epi32(high);
   for (int32_t c = 0; c < channels; c += 16) {
-    const __mmask16 lanes = channels - c >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                               : static_cast<__mmask16>((1u << (channels - c)) - 1);
+    const __mmask16 lanes = first_lanes<__mmask16, 16>(channels - c);
     const Requant16 requant(offset + c, multiplier + c, shift + c, lanes);
     for (int64_t r = 0; r < rows; ++r) {
       const __m512i x = _mm512_add_epi32(_mm512_maskz_loadu_epi32(lanes, acc + r * acc_stride + c), requant.offset);
@@ -153,14 +168,8 @@ inline void requantize_rows(const int32_t* acc, int64_t acc_stride, int64_t rows
     }
   }
 #else
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int32_t c = 0; c < channels; ++c) {
-      const int32_t x = static_cast<int32_t>(static_cast<uint32_t>(acc[r * acc_stride + c]) +
-                                             static_cast<uint32_t>(offset[c]));
-      out[r * out_stride + c] =
-          clamp_to_int8(multiply_double_rounding(x, multiplier[c], shift[c]) + zero_point, low, high);
-    }
-  }
+  requantize_rows_scalar<multiply_double_rounding>(acc, acc_stride, rows, offset, multiplier, shift, channels,
+                                                   zero_point, low, high, out, out_stride);
 #endif
 }
 
@@ -205,8 +214,7 @@ void gemm_blocks(const uint8_t* panel, int64_t panel_rows, int32_t groups, const
   __mmask16 lanes[kBlocks];
   for (int j = 0; j < kBlocks; ++j) {
     init[j] = single_rounding ? _mm512_setzero_si512() : requant[j].offset;
-    const int32_t left = n - first - 16 * j;
-    lanes[j] = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
+    lanes[j] = first_lanes<__mmask16, 16>(n - first - 16 * j);
   }
   const int32_t channels = n - first < kBlocks * 16 ? n - first : kBlocks * 16;
   for (int64_t r0 = 0; r0 < panel_rows; r0 += kTileRows) {
@@ -227,6 +235,9 @@ void gemm_blocks(const uint8_t* panel, int64_t panel_rows, int32_t groups, const
                    zero_point_lanes, low_lanes, high_lanes);
   }
 }
+
+// gemm_blocks for 1 to 4 blocks of 16 channels, by count - 1.
+constexpr decltype(&gemm_blocks<1>) kGemmBlocks[4] = {gemm_blocks<1>, gemm_blocks<2>, gemm_blocks<3>, gemm_blocks<4>};
 #endif
 
 #if NB_AVX512
@@ -289,9 +300,8 @@ int32_t nb_gemm_requantize(const int8_t* a, int64_t rows, int32_t depth, int64_t
   if (memory == nullptr) return 1;
   Requant16* requant = reinterpret_cast<Requant16*>(memory);
   for (int32_t b = 0; b < blocks; ++b) {
-    const int32_t left = n - 16 * b;
-    const __mmask16 lanes = left >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << left) - 1);
-    new (requant + b) Requant16(offset + 16 * b, multiplier + 16 * b, shift + 16 * b, lanes);
+    new (requant + b) Requant16(offset + 16 * b, multiplier + 16 * b, shift + 16 * b,
+                                first_lanes<__mmask16, 16>(n - 16 * b));
   }
   uint8_t* panel = reinterpret_cast<uint8_t*>(memory + requant_bytes);
   int32_t* tile = reinterpret_cast<int32_t*>(memory + requant_bytes + panel_bytes);
@@ -304,27 +314,10 @@ int32_t nb_gemm_requantize(const int8_t* a, int64_t rows, int32_t depth, int64_t
       for (int32_t d = 0; d < depth; ++d) target[d] = static_cast<uint8_t>(source[d]) ^ 0x80;
     }
     for (int32_t b0 = 0; b0 < blocks; b0 += 4) {
-      const int8_t* weights = packed + static_cast<int64_t>(b0) * groups * 64;
-      const bool single = single_rounding != 0;
-      int8_t* target = out + r0 * n;
-      switch (blocks - b0 < 4 ? blocks - b0 : 4) {
-        case 4:
-          gemm_blocks<4>(panel, present, groups, weights, n, b0 * 16, requant + b0, offset, multiplier, shift, single,
-                         zero_point, low, high, target, tile);
-          break;
-        case 3:
-          gemm_blocks<3>(panel, present, groups, weights, n, b0 * 16, requant + b0, offset, multiplier, shift, single,
-                         zero_point, low, high, target, tile);
-          break;
-        case 2:
-          gemm_blocks<2>(panel, present, groups, weights, n, b0 * 16, requant + b0, offset, multiplier, shift, single,
-                         zero_point, low, high, target, tile);
-          break;
-        default:
-          gemm_blocks<1>(panel, present, groups, weights, n, b0 * 16, requant + b0, offset, multiplier, shift, single,
-                         zero_point, low, high, target, tile);
-          break;
-      }
+      const int32_t count = blocks - b0 < 4 ? blocks - b0 : 4;  // blocks of 16 channels in this pass
+      kGemmBlocks[count - 1](panel, present, groups, packed + static_cast<int64_t>(b0) * groups * 64, n, b0 * 16,
+                             requant + b0, offset, multiplier, shift, single_rounding != 0, zero_point, low, high,
+                             out + r0 * n, tile);
     }
   }
   std::free(memory);
@@ -480,10 +473,8 @@ int32_t nb_depthwise_conv(const int8_t* input, int32_t batches, int32_t in_h, in
         if (depth_multiplier == 1) {
 #if NB_AVX512
           for (; o < out_channels; o += 32) {
-            const int32_t left = out_channels - o;
-            const __mmask32 lanes = left >= 32 ? ~static_cast<__mmask32>(0) : (static_cast<__mmask32>(1) << left) - 1;
-            depthwise_block32(origin + o, tap_offset, pairs, packed + static_cast<int64_t>(o / 32) * pairs * 64, lanes,
-                              acc + o);
+            depthwise_block32(origin + o, tap_offset, pairs, packed + static_cast<int64_t>(o / 32) * pairs * 64,
+                              first_lanes<__mmask32, 32>(out_channels - o), acc + o);
           }
 #else
           constexpr int32_t kBlock = 16;  // channels summed in registers across every tap of a pixel
