@@ -7,6 +7,7 @@ case's .pte must be within one output quantization step of the quantized model (
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from neutron_suite_flow import FLOW_NAME, RESULTS_ENV, SUITE_DIR, TIMEOUT_ENV, read_results
+from suite_stage_timing import EDGE_CONVERSION, TIMES_ENV
 
 TESTS_DIR = Path(__file__).parent
 MAX_ERROR_STEPS = 1.0
@@ -44,7 +46,8 @@ CASES = {
 
 def _run_suite(results: Path, files: list[str], selection: str, extra_env: dict[str, str] | None = None):
     command = [sys.executable, "-m", "pytest", "-c", os.devnull, "--rootdir", str(SUITE_DIR), "-p",
-               "neutron_suite_flow", "-p", "no:cacheprovider", "-q", "-W", "ignore", "-k", selection,
+               "neutron_suite_flow", "-p", "suite_stage_timing", "-p", "no:cacheprovider", "-q", "-W", "ignore", "-k",
+               selection,
                *(str(SUITE_DIR / "operators" / file) for file in files)]
     env = dict(os.environ, **{RESULTS_ENV: str(results)}, **(extra_env or {}),
                PYTHONPATH=os.pathsep.join(filter(None, [str(TESTS_DIR), os.environ.get("PYTHONPATH")])))
@@ -52,10 +55,19 @@ def _run_suite(results: Path, files: list[str], selection: str, extra_env: dict[
 
 
 @pytest.fixture(scope="module")
-def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict]:
-    results = tmp_path_factory.mktemp("suite") / "results.jsonl"
-    run = _run_suite(results, sorted({file for file, _ in CASES}), " or ".join(sorted({case for _, case in CASES})))
+def suite_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The directory holding the run's case records (results.jsonl) and stage times (times.jsonl)."""
+    directory = tmp_path_factory.mktemp("suite")
+    results = directory / "results.jsonl"
+    run = _run_suite(results, sorted({file for file, _ in CASES}), " or ".join(sorted({case for _, case in CASES})),
+                     {TIMES_ENV: str(directory / "times.jsonl")})
     assert results.exists(), f"the suite wrote no results:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+    return directory
+
+
+@pytest.fixture(scope="module")
+def outcomes(suite_run: Path) -> dict[tuple[str, str], dict]:
+    results = suite_run / "results.jsonl"
     found = {}
     for record in read_results(results):
         assert FLOW_NAME in record["case"], record["case"]
@@ -74,6 +86,22 @@ def test_suite_case_outcome(outcomes: dict[tuple[str, str], dict], file: str, ca
             steps = subtest["error_steps"]
             assert steps and None not in steps, f"no output scale to measure the error in steps: {subtest}"
             assert max(steps) <= MAX_ERROR_STEPS, subtest
+
+
+def test_stage_times_cover_every_stage_of_a_delegated_case(suite_run: Path) -> None:
+    # tests/suite_stage_timing.py, which bench/suite_stages.py reads: per model every stage the harness ran, the
+    # edge conversion inside the lowering, and one record for the whole case.
+    records = [json.loads(line) for line in (suite_run / "times.jsonl").read_text(encoding="utf-8").splitlines()]
+    case = [r for r in records if r["case"].split("[")[0] == "test_conv2d_basic"]
+    stages = [r["stage"] for r in case if r["stage"] != "case"]
+    assert stages == ["quantize", "export", "to_edge_transform_and_lower", "to_executorch", "serialize"], stages
+    assert {r["flow"] for r in case} == {FLOW_NAME} and {r["model"] for r in case if r["stage"] != "case"} == {0}
+    lowering = next(r for r in case if r["stage"] == "to_edge_transform_and_lower")
+    assert 0 < lowering[EDGE_CONVERSION] < lowering["seconds"], lowering
+    assert all(r[EDGE_CONVERSION] == 0 for r in case if r["stage"] in ("quantize", "export")), case
+    whole = [r for r in case if r["stage"] == "case"]
+    assert len(whole) == 1 and whole[0]["passed"], whole
+    assert whole[0]["seconds"] >= sum(r["seconds"] for r in case if r["stage"] != "case"), case
 
 
 def test_a_case_over_the_time_limit_stops_there_and_the_run_goes_on(tmp_path: Path) -> None:
