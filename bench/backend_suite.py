@@ -28,6 +28,7 @@ RESULTS_DIR = ROOT / "bench" / "results"
 TESTS_DIR = ROOT / "tests"
 STATUSES = ("delegated", "undelegated", "skipped", "failed")
 _UNSUPPORTED_PORTABLE = "Error: None"
+SLOWEST = 8  # cases listed with their seconds: how close the run came to the limit
 
 
 def suite_dir() -> Path:
@@ -111,7 +112,10 @@ def write_markdown(summary: dict, records: list[dict], command: str, seconds: fl
         lines += ["", f"\"{_UNSUPPORTED_PORTABLE}\" is the suite's own skip (its runner.py) of a case whose CPU part "
                   "holds an operator that ExecuTorch's portable kernels cannot run (conv3d, median, adaptive max "
                   "pooling, ...): nothing ran, on our side or the CPU's.", ""]
-    lines += ["## Failures", ""]
+    slowest = sorted(records, key=lambda r: -r["seconds"])[:SLOWEST]
+    lines += [f"## The {len(slowest)} slowest cases", "", "| case | seconds | outcome |", "|---|---:|---|"]
+    lines += [f"| `{r['file']}::{r['case']}` | {r['seconds']:.1f} | {r['status']} |" for r in slowest]
+    lines += ["", "## Failures", ""]
     if not summary["failures"]:
         lines.append("None.")
     for record in summary["failures"]:
