@@ -42,10 +42,16 @@ class Int8GemmRequantize:
             padded[:self.channels, :self.depth] = weight
             self.packed = np.ascontiguousarray(padded.reshape(blocks, 16, groups, 4).transpose(0, 2, 1, 3))
             q = self.requantizer
+            # The requantization's vector constants, laid out once at a 64-byte boundary of this buffer.
+            size = library.nb_gemm_constants_bytes(self.channels)
+            self._requant_buffer = np.zeros(size + 64, dtype=np.uint8)
+            requant = native.pointer(self._requant_buffer) + (-native.pointer(self._requant_buffer)) % 64
+            library.nb_gemm_prepare(native.pointer(q.offset), native.pointer(q.multipliers), native.pointer(q.shifts),
+                                    self.channels, requant)
             # The constants' addresses, taken once (the arrays live as long as this object).
             self._constants = (native.pointer(self.packed), self.channels, native.pointer(q.offset),
-                               native.pointer(q.multipliers), native.pointer(q.shifts), int(q.single_rounding),
-                               q.zero_point, q.low, q.high)
+                               native.pointer(q.multipliers), native.pointer(q.shifts), requant,
+                               int(q.single_rounding), q.zero_point, q.low, q.high)
         else:
             self.requantizer = Requantizer(offset, multipliers, shifts, zero_point, low, high, single_rounding)
             self.weight_t = _dense(np.ascontiguousarray(weight.T))

@@ -19,20 +19,22 @@ from neutron_backend.runtime._build import build_library
 SOURCE = Path(__file__).with_name("native_kernels.cpp")
 FLAGS = ("-std=c++17", "-O3", "-shared", "-fPIC", "-fno-exceptions")
 
-_I32P = ctypes.c_void_p
+_PTR = ctypes.c_void_p  # any array's data (native.pointer)
 _I32 = ctypes.c_int32
 _SIGNATURES = {
-    "nb_requantize": (None, [_I32P, ctypes.c_int64, _I32, _I32P, _I32P, _I32P, _I32, _I32, _I32, _I32, _I32P]),
+    "nb_requantize": (None, [_PTR, ctypes.c_int64, _I32, _PTR, _PTR, _PTR, _I32, _I32, _I32, _I32, _PTR]),
     "nb_has_gemm": (_I32, []),
-    "nb_binary_table": (None, [_I32P, _I32P, ctypes.c_int64, _I32P, _I32P]),
-    "nb_gemm_requantize": (_I32, [_I32P, ctypes.c_int64, _I32, ctypes.c_int64, _I32P, _I32, _I32P, _I32P, _I32P,
-                                  _I32, _I32, _I32, _I32, _I32P]),
-    "nb_depthwise_pack": (None, [_I32P, _I32, _I32, _I32P]),
-    "nb_depthwise_conv": (_I32, [_I32P, _I32, _I32, _I32, _I32, _I32P, _I32P, _I32, _I32, _I32, _I32, _I32, _I32,
-                                 _I32, _I32, _I32, _I32P, _I32P, _I32P, _I32, _I32, _I32, _I32P]),
-    "nb_pad_hw": (None, [_I32P, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32P]),
-    "nb_transpose_2d": (None, [_I32P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _I32P]),
-    "nb_im2col": (None, [_I32P, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32P]),
+    "nb_binary_table": (None, [_PTR, _PTR, ctypes.c_int64, _PTR, _PTR]),
+    "nb_gemm_constants_bytes": (ctypes.c_int64, [_I32]),
+    "nb_gemm_prepare": (None, [_PTR, _PTR, _PTR, _I32, _PTR]),
+    "nb_gemm_requantize": (_I32, [_PTR, ctypes.c_int64, _I32, ctypes.c_int64, _PTR, _I32, _PTR, _PTR,
+                                  _PTR, _PTR, _I32, _I32, _I32, _I32, _PTR]),
+    "nb_depthwise_pack": (None, [_PTR, _I32, _I32, _PTR]),
+    "nb_depthwise_conv": (_I32, [_PTR, _I32, _I32, _I32, _I32, _PTR, _PTR, _I32, _I32, _I32, _I32, _I32, _I32,
+                                 _I32, _I32, _I32, _PTR, _PTR, _PTR, _I32, _I32, _I32, _PTR]),
+    "nb_pad_hw": (None, [_PTR, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _PTR]),
+    "nb_transpose_2d": (None, [_PTR, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, _PTR]),
+    "nb_im2col": (None, [_PTR, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _I32, _PTR]),
 }
 
 

@@ -278,13 +278,41 @@ extern "C" {
 // GEMM and calls nb_requantize.
 int32_t nb_has_gemm() { return NB_VNNI; }
 
+// The bytes of the requantization constants nb_gemm_prepare lays out for n channels (0 when nb_gemm_requantize is
+// not compiled in).
+int64_t nb_gemm_constants_bytes(int32_t n) {
+#if NB_VNNI
+  return static_cast<int64_t>(sizeof(Requant16)) * ((n + 15) / 16);
+#else
+  (void)n;
+  return 0;
+#endif
+}
+
+// Lays out the requantization constants of n channels at `constants` (64-byte aligned, nb_gemm_constants_bytes(n)
+// bytes): once per operator, for every nb_gemm_requantize call with the same offset, multiplier and shift.
+void nb_gemm_prepare(const int32_t* offset, const int32_t* multiplier, const int32_t* shift, int32_t n,
+                     void* constants) {
+#if NB_VNNI
+  Requant16* requant = static_cast<Requant16*>(constants);
+  for (int32_t b = 0; b < (n + 15) / 16; ++b) {
+    new (requant + b) Requant16(offset + 16 * b, multiplier + 16 * b, shift + 16 * b,
+                                first_lanes<__mmask16, 16>(n - 16 * b));
+  }
+#else
+  (void)offset; (void)multiplier; (void)shift; (void)n; (void)constants;
+#endif
+}
+
 // out (rows x n, int8) = requantize(a (rows x depth, int8, row stride lda) @ w^T + offset): the int8 products
 // are summed as (a + 128) * w in u8 x s8 instructions, so `offset` must hold -128 * sum(w[c]) besides the bias and
 // the zero-point term. `packed` is w (n x depth) as blocks of 16 channels x groups of 4 depth positions
-// ([n / 16][depth / 4][16][4], both padded with zeros). Returns 0, 1 when out of memory, 2 when not compiled in.
+// ([n / 16][depth / 4][16][4], both padded with zeros); `constants` what nb_gemm_prepare laid out for offset,
+// multiplier and shift. Returns 0, 1 when out of memory, 2 when not compiled in.
 int32_t nb_gemm_requantize(const int8_t* a, int64_t rows, int32_t depth, int64_t lda, const int8_t* packed,
                            int32_t n, const int32_t* offset, const int32_t* multiplier, const int32_t* shift,
-                           int32_t single_rounding, int32_t zero_point, int32_t low, int32_t high, int8_t* out) {
+                           const void* constants, int32_t single_rounding, int32_t zero_point, int32_t low,
+                           int32_t high, int8_t* out) {
 #if NB_VNNI
   const int32_t groups = (depth + 3) / 4;
   const int32_t blocks = (n + 15) / 16;
@@ -293,18 +321,13 @@ int32_t nb_gemm_requantize(const int8_t* a, int64_t rows, int32_t depth, int64_t
   // every block of channels passes over it.
   int64_t panel_rows = (32768 / row_bytes) / kTileRows * kTileRows;
   panel_rows = panel_rows < kTileRows ? kTileRows : (panel_rows > 64 ? 64 : panel_rows);
-  const size_t requant_bytes = sizeof(Requant16) * static_cast<size_t>(blocks);
   const size_t panel_bytes = static_cast<size_t>(panel_rows * row_bytes);
   const size_t tile_bytes = sizeof(int32_t) * kTileRows * 64;
-  char* memory = static_cast<char*>(std::aligned_alloc(64, (requant_bytes + panel_bytes + tile_bytes + 63) / 64 * 64));
+  char* memory = static_cast<char*>(std::aligned_alloc(64, (panel_bytes + tile_bytes + 63) / 64 * 64));
   if (memory == nullptr) return 1;
-  Requant16* requant = reinterpret_cast<Requant16*>(memory);
-  for (int32_t b = 0; b < blocks; ++b) {
-    new (requant + b) Requant16(offset + 16 * b, multiplier + 16 * b, shift + 16 * b,
-                                first_lanes<__mmask16, 16>(n - 16 * b));
-  }
-  uint8_t* panel = reinterpret_cast<uint8_t*>(memory + requant_bytes);
-  int32_t* tile = reinterpret_cast<int32_t*>(memory + requant_bytes + panel_bytes);
+  const Requant16* requant = static_cast<const Requant16*>(constants);
+  uint8_t* panel = reinterpret_cast<uint8_t*>(memory);
+  int32_t* tile = reinterpret_cast<int32_t*>(memory + panel_bytes);
   for (int64_t r0 = 0; r0 < rows; r0 += panel_rows) {
     const int64_t present = rows - r0 < panel_rows ? rows - r0 : panel_rows;
     std::memset(panel, 0, panel_bytes);
@@ -324,7 +347,7 @@ int32_t nb_gemm_requantize(const int8_t* a, int64_t rows, int32_t depth, int64_t
   return 0;
 #else
   (void)a; (void)rows; (void)depth; (void)lda; (void)packed; (void)n; (void)offset; (void)multiplier; (void)shift;
-  (void)single_rounding; (void)zero_point; (void)low; (void)high; (void)out;
+  (void)constants; (void)single_rounding; (void)zero_point; (void)low; (void)high; (void)out;
   return 2;
 #endif
 }
