@@ -45,7 +45,8 @@ class Int8GemmRequantize:
             # The requantization's vector constants, laid out once at a 64-byte boundary of this buffer.
             size = library.nb_gemm_constants_bytes(self.channels)
             self._requant_buffer = np.zeros(size + 64, dtype=np.uint8)
-            requant = native.pointer(self._requant_buffer) + (-native.pointer(self._requant_buffer)) % 64
+            base = native.pointer(self._requant_buffer)
+            requant = base + (-base) % 64
             library.nb_gemm_prepare(native.pointer(q.offset), native.pointer(q.multipliers), native.pointer(q.shifts),
                                     self.channels, requant)
             # The constants' addresses, taken once (the arrays live as long as this object).
